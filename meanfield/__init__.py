@@ -1,0 +1,51 @@
+"""meanfield: the mean-field limit of Transformer self-attention on the circle and the sphere.
+
+Densities on S^{d-1} evolve by ``d/dt rho + div(rho X[rho]) = 0`` with the attention
+velocity field X (:mod:`meanfield.attention`). Importing the package never imports MPI.
+
+Typical script use::
+
+    import meanfield as mf
+    case = mf.load_case("cases/circle_sa_clusters.toml", ["model.beta=4"])
+    result = mf.run_case(case, out_dir="runs/beta4")
+
+or build the pieces directly (see ``cases/api_example.py``).
+"""
+
+from .attention import AttentionModel, DirectField, FieldOverflowError, energy, growth_rate
+from .case import CaseError, load_case, resolve_case
+from .diagnostics import ClusterCriterion, find_clusters
+from .finite_volume import SCHEMES, FiniteVolume
+from .initial import project, real_sph_harm
+from .mesh import CircleMesh, Mesh
+from .run import RunFailure, RunResult, run_case
+from .solver import Simulation, State
+from .timestepping import INTEGRATORS, SSPRK3
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionModel",
+    "CaseError",
+    "CircleMesh",
+    "ClusterCriterion",
+    "DirectField",
+    "FieldOverflowError",
+    "FiniteVolume",
+    "INTEGRATORS",
+    "Mesh",
+    "RunFailure",
+    "RunResult",
+    "SCHEMES",
+    "SSPRK3",
+    "Simulation",
+    "State",
+    "energy",
+    "find_clusters",
+    "growth_rate",
+    "load_case",
+    "project",
+    "real_sph_harm",
+    "resolve_case",
+    "run_case",
+]

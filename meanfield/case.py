@@ -1,0 +1,389 @@
+"""Case files: TOML tables, validated key by key, with every default filled in.
+
+A case is a nested dict ``{section: {key: value}}``. :data:`SCHEMA` lists every key with
+its default and meaning (``docs/case-reference.md`` is generated from the same table);
+unknown keys, wrong types and out-of-range values raise :class:`CaseError`, whose message
+names the file, the dotted key and the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["CaseError", "SCHEMA", "load_case", "resolve_case", "parse_override", "dump_case"]
+
+
+class CaseError(ValueError):
+    """Invalid input: ``source`` (a file or ``--set``), the dotted ``key`` and ``reason``."""
+
+    def __init__(self, source: str, key: str, reason: str):
+        self.source, self.key, self.reason = str(source), key, reason
+        super().__init__(f"{self.source}: {key}: {reason}" if key else f"{self.source}: {reason}")
+
+
+# -- value checkers: (value, d) -> normalized value, raising ValueError(reason) ------------------
+def _type_name(v) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def _number(v, what="a number") -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"must be {what}, got {_type_name(v)} {v!r}")
+    return float(v)
+
+
+def real(lo=-math.inf, hi=math.inf, lo_open=False, allow_inf=False) -> Callable:
+    def check(v, d=None):
+        x = _number(v)
+        if math.isnan(x) or (math.isinf(x) and not allow_inf):
+            raise ValueError(f"must be a finite number, got {v!r}")
+        if x < lo or (lo_open and x == lo):
+            raise ValueError(f"must be {'>' if lo_open else '>='} {lo:g}, got {v!r}")
+        if x > hi:
+            raise ValueError(f"must be <= {hi:g}, got {v!r}")
+        return x
+
+    return check
+
+
+def integer(lo=None, hi=None) -> Callable:
+    def check(v, d=None):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"must be an integer, got {_type_name(v)} {v!r}")
+        if lo is not None and v < lo:
+            raise ValueError(f"must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise ValueError(f"must be <= {hi}, got {v}")
+        return v
+
+    return check
+
+
+def choice(*options) -> Callable:
+    def check(v, d=None):
+        if v not in options:
+            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {v!r}")
+        return v
+
+    return check
+
+
+def boolean(v, d=None):
+    if not isinstance(v, bool):
+        raise ValueError(f"must be true or false, got {_type_name(v)} {v!r}")
+    return v
+
+
+def string(v, d=None):
+    if not isinstance(v, str):
+        raise ValueError(f"must be a string, got {_type_name(v)} {v!r}")
+    return v
+
+
+def matrix(v, d):
+    if v is None:
+        return np.eye(d).tolist()
+    try:
+        a = np.array(v, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a {d} x {d} array of numbers") from None
+    if a.shape != (d, d) or any(isinstance(x, bool) for row in v for x in (row if isinstance(row, list) else [row])):
+        raise ValueError(f"must be a {d} x {d} array of numbers, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("must have finite entries")
+    return a.tolist()
+
+
+def vectors(v, d):
+    if not isinstance(v, list):
+        raise ValueError(f"must be an array of {d}-vectors, got {_type_name(v)}")
+    out = []
+    for i, row in enumerate(v):
+        if not isinstance(row, list) or len(row) != d:
+            raise ValueError(f"entry {i} must be a vector of length {d}, got {row!r}")
+        vec = [_number(x, "a number") for x in row]
+        if not all(math.isfinite(x) for x in vec) or not any(vec):
+            raise ValueError(f"entry {i} must be a finite nonzero vector, got {row!r}")
+        out.append(vec)
+    return out
+
+
+def reals(lo=0.0) -> Callable:
+    def check(v, d=None):
+        if not isinstance(v, list):
+            raise ValueError(f"must be an array of numbers, got {_type_name(v)}")
+        out = [_number(x) for x in v]
+        for i, x in enumerate(out):
+            if not math.isfinite(x) or x < lo:
+                raise ValueError(f"entry {i} must be a finite number >= {lo:g}, got {v[i]!r}")
+        return out
+
+    return check
+
+
+def modes(v, d):
+    if not isinstance(v, list) or not all(isinstance(m, dict) for m in v):
+        raise ValueError("must be an array of tables, e.g. [{k = 4, amplitude = 0.01}]")
+    allowed = {"k", "amplitude", "phase"} if d == 2 else {"l", "m", "amplitude"}
+    out = []
+    for i, m in enumerate(v):
+        extra = set(m) - allowed
+        if extra:
+            raise ValueError(f"entry {i}: unknown field {sorted(extra)[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        try:
+            amp = _number(m.get("amplitude", None), "a number")
+            if d == 2:
+                k = integer(1)(m.get("k"))
+                out.append({"k": k, "amplitude": amp, "phase": _number(m.get("phase", 0.0))})
+            else:
+                l = integer(0)(m.get("l"))
+                mm = integer(-l, l)(m.get("m", 0))
+                out.append({"l": l, "m": mm, "amplitude": amp})
+        except ValueError as exc:
+            raise ValueError(f"entry {i}: {exc}") from None
+    return out
+
+
+def dt_value(v, d=None):
+    if v == "auto":
+        return v
+    try:
+        return real(0.0, lo_open=True)(v)
+    except ValueError:
+        raise ValueError(f"must be \"auto\" or a number > 0, got {v!r}") from None
+
+
+@dataclass(frozen=True)
+class Key:
+    check: Callable
+    default: Any
+    doc: str
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "domain": {
+        "manifold": Key(choice("circle", "sphere"), "circle", "`\"circle\"` (S^1) or `\"sphere\"` (S^2)."),
+        "cells": Key(integer(3), 512, "circle: number of uniform cells."),
+        "mesh": Key(string, "icosahedral:4", "sphere: `\"icosahedral:LEVEL\"` or a mesh file path."),
+    },
+    "model": {
+        "kind": Key(choice("SA", "USA"), "SA", "`\"SA\"` softmax attention or `\"USA\"` unnormalized attention."),
+        "beta": Key(real(0.0), 1.0, "inverse temperature, >= 0 (0: consensus/Kuramoto model)."),
+        "Q": Key(matrix, None, "query matrix, d x d (default identity)."),
+        "K": Key(matrix, None, "key matrix, d x d (default identity)."),
+        "V": Key(matrix, None, "value matrix, d x d (default identity)."),
+    },
+    "initial": {
+        "kind": Key(choice("uniform", "modes", "vmf", "python", "points"), "uniform", "initial density kind."),
+        "modes": Key(modes, [], "`modes`: circle `{k, amplitude, phase}` (mode cos(k theta - phase)); "
+                     "sphere `{l, m, amplitude}` (real orthonormal Y_lm)."),
+        "centers": Key(vectors, [], "`vmf`: unit centres c_j (normalized if not unit)."),
+        "kappas": Key(reals(0.0), [], "`vmf`: concentrations kappa_j >= 0, one per centre."),
+        "weights": Key(reals(0.0), [], "`vmf`: coefficients w_j (default 1); `points`: particle weights (default 1/n)."),
+        "points": Key(vectors, [], "`points`: positions (n, d), normalized onto the sphere."),
+        "function": Key(string, "", "`python`: `\"path/file.py:name\"` (relative to the case file) or "
+                        "`\"package.module:name\"`, a callable points (n, d) -> densities (n,)."),
+        "quadrature_degree": Key(integer(1, 30), 8, "degree of the quadrature rule projecting the density onto cells."),
+    },
+    "solver": {
+        "scheme": Key(choice("upwind", "muscl"), "muscl", "finite-volume scheme."),
+        "backend": Key(choice("direct", "spectral", "auto"), "auto", "nonlocal convolution backend."),
+        "t_end": Key(real(0.0, lo_open=True), 10.0, "final time."),
+        "cfl": Key(real(0.0, 1.0, lo_open=True), 0.4, "transport CFL number (positivity guaranteed <= 0.5 for muscl, <= 1 for upwind)."),
+        "rate_cfl": Key(real(0.0, 1.0, lo_open=True), 0.1, "step bound dt <= rate_cfl / sigma_max, sigma_max the interaction rate."),
+        "dt": Key(dt_value, "auto", "particles: fixed step, or `\"auto\"`."),
+        "dt_max": Key(real(0.0, lo_open=True, allow_inf=True), math.inf, "cap on adaptive steps (inf: no cap)."),
+        "integrator": Key(choice("rk4", "euler"), "rk4", "particles: `\"rk4\"` or `\"euler\"` (+ renormalization)."),
+    },
+    "output": {
+        "every": Key(real(0.0, lo_open=True), None, "time between snapshots (default t_end / 20)."),
+        "plots": Key(boolean, True, "write PNG pictures at the end of the run."),
+    },
+    "diagnostics": {
+        "cluster_contrast": Key(real(1.0, lo_open=True), 2.0, "a cluster is a connected region where rho > contrast / |S|."),
+        "cluster_mass": Key(real(0.0, 1.0), 0.01, "smallest mass of a cluster."),
+    },
+}
+
+_DIM = {"circle": 2, "sphere": 3}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"section.key=VALUE"`` -> ``("section.key", value)``; VALUE is read as a TOML value
+    (``4``, ``2.5``, ``true``, ``[[1,0],[0,1]]``, ``"SA"``) or else taken as a bare string."""
+    if "=" not in text:
+        raise CaseError("--set", text, "expected KEY=VALUE")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def load_case(path, overrides: list[str] | tuple = ()) -> dict:
+    """Read, override (``--set`` strings) and resolve a case file. Raises :class:`CaseError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise CaseError(path, "", "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaseError(path, "", f"cannot read: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CaseError(path, "", f"malformed TOML: {exc}") from None
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in SCHEMA or parts[1] not in SCHEMA[parts[0]]:
+            raise CaseError("--set", key, f"unknown key (known: {', '.join(_all_keys())})")
+        raw.setdefault(parts[0], {})
+        if not isinstance(raw[parts[0]], dict):
+            raise CaseError(path, parts[0], "must be a table")
+        raw[parts[0]][parts[1]] = value
+    return resolve_case(raw, source=path, base_dir=path.parent)
+
+
+def _all_keys():
+    return [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys]
+
+
+def resolve_case(raw: dict, source="<case>", base_dir=".") -> dict:
+    """Validate a raw case dict and return it with every default filled in.
+
+    ``initial.function`` is resolved to an absolute path (or module reference) and the
+    loaded callable is stored under the private key ``initial["function_object"]``.
+    """
+    raw = copy.deepcopy(raw)
+    for section, table in raw.items():
+        if section not in SCHEMA:
+            raise CaseError(source, section, f"unknown section (known: {', '.join(SCHEMA)})")
+        if not isinstance(table, dict):
+            raise CaseError(source, section, f"must be a table, got {_type_name(table)}")
+        for key in table:
+            if key not in SCHEMA[section]:
+                raise CaseError(source, f"{section}.{key}", f"unknown key (known in [{section}]: {', '.join(SCHEMA[section])})")
+    case: dict = {}
+    manifold = raw.get("domain", {}).get("manifold", SCHEMA["domain"]["manifold"].default)
+    try:
+        d = _DIM[choice(*_DIM)(manifold)]
+    except ValueError as exc:
+        raise CaseError(source, "domain.manifold", str(exc)) from None
+    for section, keys in SCHEMA.items():
+        case[section] = {}
+        for key, spec in keys.items():
+            given = raw.get(section, {})
+            value = given.get(key, spec.default)
+            if value is None and spec.check is not matrix:
+                case[section][key] = None
+                continue
+            try:
+                case[section][key] = spec.check(value, d)
+            except ValueError as exc:
+                raise CaseError(source, f"{section}.{key}", str(exc)) from None
+    if case["output"]["every"] is None:
+        case["output"]["every"] = case["solver"]["t_end"] / 20.0
+    _check_initial(case["initial"], d, source, Path(base_dir))
+    return case
+
+
+def _check_initial(init: dict, d: int, source, base_dir: Path) -> None:
+    kind = init["kind"]
+
+    def fail(key, reason):
+        raise CaseError(source, f"initial.{key}", reason)
+
+    if kind == "modes" and not init["modes"]:
+        fail("modes", "initial.kind = \"modes\" needs at least one mode")
+    if kind == "vmf":
+        n = len(init["centers"])
+        if n == 0:
+            fail("centers", "initial.kind = \"vmf\" needs at least one centre")
+        if len(init["kappas"]) != n:
+            fail("kappas", f"needs one concentration per centre ({n}), got {len(init['kappas'])}")
+        if not init["weights"]:
+            init["weights"] = [1.0] * n
+        if len(init["weights"]) != n:
+            fail("weights", f"needs one weight per centre ({n}), got {len(init['weights'])}")
+        if not sum(init["weights"]) > 0:
+            fail("weights", "must not all be zero")
+    if kind == "points":
+        n = len(init["points"])
+        if n == 0:
+            fail("points", "initial.kind = \"points\" needs at least one point")
+        if init["weights"] and len(init["weights"]) != n:
+            fail("weights", f"needs one weight per point ({n}), got {len(init['weights'])}")
+        if init["weights"] and not sum(init["weights"]) > 0:
+            fail("weights", "must not all be zero")
+    if kind == "python":
+        if not init["function"]:
+            fail("function", "initial.kind = \"python\" needs initial.function = \"file.py:name\"")
+        init["function"], init["function_object"] = _load_function(init["function"], base_dir, source)
+
+
+def _load_function(ref: str, base_dir: Path, source):
+    if ":" not in ref:
+        raise CaseError(source, "initial.function", f"expected \"path/file.py:name\" or \"module:name\", got {ref!r}")
+    target, name = ref.rsplit(":", 1)
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_absolute():
+            path = (base_dir / path).resolve()
+        if not path.is_file():
+            raise CaseError(source, "initial.function", f"no such file: {path}")
+        spec = importlib.util.spec_from_file_location(f"meanfield_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: any error is invalid input
+            raise CaseError(source, "initial.function", f"error importing {path}: {type(exc).__name__}: {exc}") from None
+        resolved = f"{path}:{name}"
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:
+            raise CaseError(source, "initial.function", f"cannot import module {target!r}: {exc}") from None
+        resolved = ref
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise CaseError(source, "initial.function", f"{name!r} is not a callable in {target}")
+    return resolved, fn
+
+
+def dump_case(case: dict) -> dict:
+    """The resolved case as plain TOML-serializable data (private keys dropped)."""
+    out = {}
+    for section, table in case.items():
+        out[section] = {k: v for k, v in table.items() if k in SCHEMA[section] and v is not None}
+    return out
+
+
+def _toml_value(v) -> str:
+    import tomli_w
+
+    return tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
+
+
+def case_reference_markdown() -> str:
+    """The case-file reference table (used to write ``docs/case-reference.md``)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section, keys in SCHEMA.items():
+        for key, spec in keys.items():
+            default = "identity" if spec.check is matrix else ("t_end / 20" if spec.default is None else _toml_value(spec.default))
+            lines.append(f"| `{section}.{key}` | `{default}` | {spec.doc} |")
+    return "\n".join(lines)
+

@@ -1,0 +1,89 @@
+"""Writers for a run directory; every file is written atomically (temporary file, then
+``os.replace``), so a killed run never leaves a half-written file.
+
+Layout (see ``docs/outputs.md``)::
+
+    DIR/case.toml            the resolved case
+    DIR/diagnostics.csv      one row per snapshot
+    DIR/snapshots/NNNNN.npz  t, points, masses, areas, density, velocity, ...
+    DIR/final.npz            the state at t_end
+    DIR/*.png                pictures
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["atomic_write", "RunWriter"]
+
+
+def atomic_write(path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+    path = Path(path)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+class RunWriter:
+    """Owns the output directory of one run."""
+
+    def __init__(self, out_dir):
+        self.dir = Path(out_dir)
+        self.snap_dir = self.dir / "snapshots"
+        self.rows: list[dict] = []
+
+    def prepare(self) -> None:
+        """Create the directory and check it is writable (before the run starts)."""
+        self.snap_dir.mkdir(parents=True, exist_ok=True)
+        probe = self.dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+
+    def write_case(self, case_data: dict) -> None:
+        import tomli_w
+
+        atomic_write(self.dir / "case.toml", tomli_w.dumps(case_data))
+
+    def write_snapshot(self, index: int, arrays: dict, row: dict) -> Path:
+        path = self.snap_dir / f"{index:05d}.npz"
+        atomic_write(path, npz_bytes(**arrays))
+        self.rows.append(row)
+        self.write_diagnostics()
+        return path
+
+    def write_diagnostics(self) -> None:
+        if not self.rows:
+            return
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(self.rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        atomic_write(self.dir / "diagnostics.csv", buf.getvalue())
+
+    def write_npz(self, name: str, arrays: dict) -> Path:
+        path = self.dir / name
+        atomic_write(path, npz_bytes(**arrays))
+        return path

@@ -1,0 +1,98 @@
+"""PNG pictures of a run (matplotlib, Agg backend: no display needed).
+
+* ``density.png`` (circle): the density over angle and time as a space-time image, with
+  the initial and final profiles beside it.
+* ``diagnostics.png``: energy, order parameter, number of clusters, extremes of the
+  density and the mass error over time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_run_plots", "plot_spacetime", "plot_diagnostics"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
+    """Space-time picture of circle densities ``[(t, rho), ...]``."""
+    plt = _pyplot()
+    t = np.array([s[0] for s in snapshots])
+    rho = np.array([s[1] for s in snapshots])
+    theta = mesh.angles
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    if len(t) > 1:
+        edges_t = np.concatenate([[t[0]], 0.5 * (t[1:] + t[:-1]), [t[-1]]])
+    else:
+        edges_t = np.array([t[0], t[0] + 1.0])
+    edges_theta = np.concatenate([mesh.edge_angles, [2 * np.pi]])
+    img = ax.pcolormesh(edges_t, edges_theta, rho.T, shading="flat", cmap="magma")
+    fig.colorbar(img, ax=ax, label="density")
+    ax.set_xlabel("t")
+    ax.set_ylabel("angle θ")
+    ax.set_yticks([0, np.pi / 2, np.pi, 3 * np.pi / 2, 2 * np.pi], ["0", "π/2", "π", "3π/2", "2π"])
+    ax.set_title(title or "density ρ(θ, t)")
+    ax2.plot(theta, rho[0], label=f"t = {t[0]:g}", color="0.5")
+    ax2.plot(theta, rho[-1], label=f"t = {t[-1]:g}", color="C3")
+    ax2.set_yscale("log" if rho[-1].max() > 50 * max(rho[-1].min(), 1e-300) else "linear")
+    ax2.set_xlabel("angle θ")
+    ax2.set_ylabel("density")
+    ax2.set_xticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
+    ax2.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_diagnostics(path, rows: list[dict], title: str = "") -> Path:
+    plt = _pyplot()
+    t = np.array([r["t"] for r in rows])
+    get = lambda k: np.array([r[k] for r in rows], dtype=float)  # noqa: E731
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    ax = axes[0, 0]
+    ax.plot(t, get("energy"), "o-", ms=3)
+    ax.set_ylabel("energy E_β")
+    ax = axes[0, 1]
+    ax.plot(t, get("order_parameter"), "o-", ms=3, label="order parameter |∫x dμ|")
+    ax.set_ylim(-0.02, 1.02)
+    ax3 = ax.twinx()
+    ax3.step(t, get("n_clusters"), where="post", color="C3", label="clusters")
+    ax3.set_ylabel("clusters", color="C3")
+    ax.set_ylabel("order parameter")
+    ax = axes[1, 0]
+    ax.semilogy(t, get("max_density"), label="max")
+    ax.semilogy(t, np.maximum(get("min_density"), 1e-300), label="min")
+    ax.set_ylabel("density")
+    ax.legend()
+    ax.set_xlabel("t")
+    ax = axes[1, 1]
+    ax.semilogy(t, np.maximum(np.abs(get("mass") - 1.0), 1e-17), "o-", ms=3)
+    ax.set_ylabel("|mass − 1|")
+    ax.set_xlabel("t")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_run_plots(out_dir, mesh, result) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows)]
+    if mesh.manifold == "circle":
+        paths.append(plot_spacetime(out_dir / "density.png", mesh, result.snapshots))
+    return paths

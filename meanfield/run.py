@@ -1,0 +1,173 @@
+"""Run a case: build the objects from a resolved case dict, evolve, write the outputs.
+
+This is what ``meanfield run`` calls; scripts can call :func:`run_case` (or build
+:class:`~meanfield.solver.Simulation` themselves, see ``cases/api_example.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import diagnostics as diag
+from .attention import AttentionModel, FieldOverflowError
+from .case import CaseError, dump_case
+from .initial import InitialDataError, project
+from .mesh import CircleMesh, Mesh
+from .output import RunWriter
+from .solver import NonFiniteStateError, Simulation, State
+
+__all__ = ["build_mesh", "build_model", "build_simulation", "output_times", "run_case", "RunResult", "RunFailure"]
+
+log = logging.getLogger("meanfield")
+
+
+class RunFailure(RuntimeError):
+    """The run failed after it started; the last good state was saved."""
+
+
+@dataclass
+class RunResult:
+    state: State
+    rows: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+    snapshots: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+
+def build_mesh(case: dict, source="<case>") -> Mesh:
+    dom = case["domain"]
+    if dom["manifold"] == "circle":
+        return CircleMesh(dom["cells"])
+    raise CaseError(source, "domain.manifold", "\"sphere\" meshes are not available in this version yet")
+
+
+def build_model(case: dict, d: int) -> AttentionModel:
+    m = case["model"]
+    return AttentionModel(d=d, beta=m["beta"], Q=m["Q"], K=m["K"], V=m["V"], normalized=m["kind"] == "SA")
+
+
+def build_simulation(case: dict, source="<case>") -> tuple[Simulation, State]:
+    """The simulation and its initial state for a resolved case."""
+    mesh = build_mesh(case, source)
+    model = build_model(case, mesh.d)
+    s = case["solver"]
+    if s["backend"] == "spectral":
+        raise CaseError(source, "solver.backend", "the spectral backend is not available in this version; use \"direct\" or \"auto\"")
+    sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
+                     dt_max=s["dt_max"])
+    try:
+        rho0 = project(mesh, case["initial"])
+    except InitialDataError as exc:
+        key = {"modes": "modes", "vmf": "centers", "python": "function", "points": "points"}.get(case["initial"]["kind"], "kind")
+        raise CaseError(source, f"initial.{key}", str(exc)) from None
+    except Exception as exc:  # the user's function raised or returned garbage
+        if case["initial"]["kind"] == "python":
+            raise CaseError(source, "initial.function", f"{type(exc).__name__}: {exc}") from None
+        raise
+    return sim, State(0.0, rho0)
+
+
+def output_times(t_end: float, every: float) -> list[float]:
+    """0, every, 2 every, ... (computed by multiplication, no drift) and t_end."""
+    n = int(math.floor(t_end / every * (1 + 1e-12)))
+    times = [k * every for k in range(n + 1)]
+    if t_end - times[-1] > 1e-12 * t_end:
+        times.append(t_end)
+    else:
+        times[-1] = t_end
+    return times
+
+
+def _snapshot_arrays(sim: Simulation, state: State) -> dict:
+    mesh = sim.mesh
+    return {
+        "t": np.float64(state.t),
+        "points": mesh.centers,
+        "masses": state.rho * mesh.areas,
+        "areas": mesh.areas,
+        "density": state.rho,
+        "velocity": sim.velocity(state.rho),
+    }
+
+
+def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") -> RunResult:
+    """Run a resolved case. Writes outputs to ``out_dir`` when given (else nothing).
+
+    Raises :class:`CaseError` for invalid input (before anything runs) and
+    :class:`RunFailure` for a failure during the run, after saving the last good state
+    to ``last_good.npz``.
+    """
+    sim, state = build_simulation(case, source)
+    times = output_times(case["solver"]["t_end"], case["output"]["every"])
+    criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
+    writer = RunWriter(out_dir) if out_dir is not None else None
+    if writer is not None:
+        try:
+            writer.prepare()
+        except OSError as exc:
+            raise CaseError("--out", str(out_dir), f"output directory is not writable: {exc}") from None
+        writer.write_case(dump_case(case))
+    mesh = sim.mesh
+    log.info("meanfield: %s, %d cells; %s beta=%g; scheme %s, backend %s; t_end=%g, %d snapshots%s",
+             mesh.manifold, mesh.n_cells, sim.model.kind, sim.model.beta, sim.fv.scheme, sim.fv.field.name,
+             times[-1], len(times), f" -> {out_dir}" if out_dir is not None else "")
+    result = RunResult(state=state, out_dir=Path(out_dir) if out_dir is not None else None)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=times[-1], unit="t", file=sys.stderr, dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}] {postfix}")
+
+    def on_step(st, dt):
+        if bar is not None:
+            bar.n = st.t
+            bar.set_postfix_str(f"step {st.steps}, dt={dt:.2e}", refresh=False)
+            bar.update(0)
+
+    def snapshot(index):
+        arrays = _snapshot_arrays(sim, state)
+        row = diag.compute(mesh, sim.model, state.rho, arrays["velocity"], state.t, state.steps, criterion)
+        result.rows.append(row)
+        result.snapshots.append((state.t, state.rho.copy()))
+        if writer is not None:
+            writer.write_snapshot(index, arrays, row)
+        return arrays
+
+    wall = time.perf_counter()
+    last_good = State(state.t, state.rho.copy(), state.steps)
+    try:
+        arrays = snapshot(0)
+        for index, t_out in enumerate(times[1:], start=1):
+            sim.advance(state, t_out, on_step)
+            last_good = State(state.t, state.rho.copy(), state.steps)
+            arrays = snapshot(index)
+    except (NonFiniteStateError, FieldOverflowError) as exc:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            lg = {"t": np.float64(last_good.t), "points": mesh.centers, "masses": last_good.rho * mesh.areas,
+                  "areas": mesh.areas, "density": last_good.rho}
+            writer.write_npz("last_good.npz", lg)
+            where = f"; last good state (t={last_good.t:.6g}) saved to {writer.dir / 'last_good.npz'}"
+        else:
+            where = ""
+        raise RunFailure(f"{exc}{where}") from exc
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.write_npz("final.npz", arrays)
+        if case["output"]["plots"]:
+            from . import plots
+
+            plots.write_run_plots(writer.dir, mesh, result)
+    log.info("done: t=%g in %d steps (%d rejected), %.2f s; mass %.16g, min density %.3e, %d clusters",
+             state.t, state.steps, sim.rejected, time.perf_counter() - wall, result.rows[-1]["mass"],
+             result.rows[-1]["min_density"], result.rows[-1]["n_clusters"])
+    return result

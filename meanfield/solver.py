@@ -1,0 +1,122 @@
+"""The PDE solver: finite volumes in space, SSP Runge--Kutta in time, adaptive steps.
+
+The step is the smallest of
+
+* the transport CFL bound ``cfl * min_i |C_i| / sum_{edges of i} w |X.n|``,
+* the interaction time scale ``rate_cfl / sigma_max`` (:meth:`AttentionModel.rate_bound`):
+  near the uniform state the velocity is tiny and the CFL bound alone would take huge
+  steps that get the exponential growth wrong,
+* ``dt_max`` and the time left to the next output time (steps land on output times).
+
+Each stage is checked against the exact forward-Euler positivity bound; a step that would
+make a density negative is rejected and retried with the admissible step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .attention import AttentionModel, DirectField
+from .finite_volume import FiniteVolume
+from .mesh import Mesh
+from .timestepping import SSPRK, SSPRK3, StepRejected
+
+__all__ = ["State", "Simulation", "NonFiniteStateError", "make_field"]
+
+log = logging.getLogger("meanfield")
+
+
+class NonFiniteStateError(FloatingPointError):
+    """The density became non-finite; the last good state is kept by the caller."""
+
+
+@dataclass
+class State:
+    """The solution at time ``t``: cell averages ``rho`` after ``steps`` steps."""
+
+    t: float
+    rho: np.ndarray
+    steps: int = 0
+
+
+def make_field(model: AttentionModel, backend: str = "auto"):
+    """The attention-field backend named ``backend`` for ``model``."""
+    if backend in ("direct", "auto"):
+        return DirectField(model)
+    raise ValueError(f"backend {backend!r} is not available (available: 'direct', 'auto')")
+
+
+class Simulation:
+    """Evolve a cell density on ``mesh`` under the attention model.
+
+    Parameters
+    ----------
+    mesh : Mesh
+    model : AttentionModel
+    scheme : str
+        Finite-volume scheme (``"upwind"`` or ``"muscl"``).
+    field : AttentionField, optional
+        Backend; default :func:`make_field` ``(model, backend)``.
+    cfl, rate_cfl, dt_max : float
+        Step bounds (see module docstring).
+    integrator : SSPRK
+        Time integrator (default SSP-RK3).
+    """
+
+    def __init__(self, mesh: Mesh, model: AttentionModel, scheme: str = "muscl", field=None, backend: str = "auto",
+                 cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, integrator: SSPRK = SSPRK3):
+        if mesh.d != model.d:
+            raise ValueError(f"model is for d = {model.d} but the mesh lives in R^{mesh.d}")
+        if not 0 < cfl <= 1:
+            raise ValueError(f"cfl must be in (0, 1], got {cfl}")
+        self.mesh = mesh
+        self.model = model
+        self.fv = FiniteVolume(mesh, field if field is not None else make_field(model, backend), scheme)
+        self.cfl = cfl
+        self.rate_cfl = rate_cfl
+        self.dt_max = dt_max
+        self.integrator = integrator
+        # Resolved modes of the mesh: up to the Nyquist degree (capped).
+        self.rate = model.rate_bound(max_mode=min(256, max(1, int(math.sqrt(mesh.n_cells)) * 2)))
+        self.rejected = 0
+
+    def step(self, state: State, t_limit: float = math.inf) -> float:
+        """Advance ``state`` in place by one adaptive step not passing ``t_limit``; returns dt."""
+        stage0 = self.fv.rhs(state.rho)
+        un = stage0[1]
+        dt = min(self.cfl * self.fv.cfl_dt(un), self.rate_cfl / self.rate, self.dt_max)
+        remaining = t_limit - state.t
+        if dt >= remaining * (1.0 - 1e-12):
+            dt = remaining
+        for _ in range(30):
+            try:
+                rho = self.integrator.step(self.fv.rhs, state.rho, dt, stage0=stage0)
+                break
+            except StepRejected as rej:
+                self.rejected += 1
+                log.debug("t=%.6g: step %.3e rejected for positivity, retry with %.3e", state.t, dt, 0.9 * rej.dt_allowed)
+                dt = 0.9 * rej.dt_allowed
+        else:
+            raise NonFiniteStateError(f"t={state.t:.6g}: no admissible step found (dt fell to {dt:.3e})")
+        if not np.all(np.isfinite(rho)):
+            raise NonFiniteStateError(f"t={state.t + dt:.6g}: the density became non-finite")
+        state.rho = np.maximum(rho, 0.0) if rho.min() > -1e-14 * rho.max() else rho
+        state.t = t_limit if dt == remaining else state.t + dt
+        state.steps += 1
+        return dt
+
+    def advance(self, state: State, t_target: float, callback=None) -> State:
+        """Step ``state`` until ``state.t == t_target`` exactly; ``callback(state, dt)`` after each step."""
+        while state.t < t_target:
+            dt = self.step(state, t_target)
+            if callback is not None:
+                callback(state, dt)
+        return state
+
+    def velocity(self, rho: np.ndarray) -> np.ndarray:
+        """The field X at cell centres for the density ``rho``."""
+        return self.fv.velocity_at_centers(rho)

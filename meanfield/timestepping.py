@@ -1,0 +1,60 @@
+"""Strong-stability-preserving Runge--Kutta time stepping with adaptive steps.
+
+Contract of an integrator (:class:`SSPRK`):
+
+* ``step(operator, u0, dt, stage0)`` advances ``u0`` by ``dt`` and returns the new state.
+  ``operator(u) -> (L(u), aux, dt_pos)`` gives the time derivative and the largest
+  forward-Euler step that keeps the state admissible (nonnegative); ``stage0`` is
+  ``operator(u0)``, which the caller has already computed to choose ``dt``.
+* If some stage needs a smaller step than ``dt`` to stay admissible the integrator
+  raises :class:`StepRejected` with the largest admissible ``dt`` it saw; the caller retries.
+
+Schemes are tables in Shu--Osher form, ``u_k = a_k u_0 + (1 - a_k)(u_{k-1} + dt L(u_{k-1}))``,
+a convex combination of forward-Euler steps: every property a forward-Euler step keeps
+under a step ``dt`` (positivity here) the whole scheme keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SSPRK", "SSPRK3", "INTEGRATORS", "StepRejected"]
+
+
+class StepRejected(Exception):
+    """A stage would leave the admissible set; ``dt_allowed`` is what it could take."""
+
+    def __init__(self, dt_allowed: float):
+        super().__init__(f"step rejected, admissible dt = {dt_allowed:.3e}")
+        self.dt_allowed = dt_allowed
+
+
+@dataclass(frozen=True)
+class SSPRK:
+    """An explicit SSP Runge--Kutta scheme in Shu--Osher form (coefficients ``a``)."""
+
+    name: str
+    order: int
+    a: tuple[float, ...]
+
+    def step(self, operator, u0: np.ndarray, dt: float, stage0=None) -> np.ndarray:
+        lu, _, dt_pos = stage0 if stage0 is not None else operator(u0)
+        u = u0
+        for k, a in enumerate(self.a):
+            if k > 0:
+                lu, _, dt_pos = operator(u)
+            if dt > dt_pos:
+                raise StepRejected(dt_pos)
+            euler = u + dt * lu
+            u = euler if a == 0.0 else a * u0 + (1.0 - a) * euler
+        return u
+
+
+#: Forward Euler (first order), Heun's SSP-RK2 and Shu--Osher's SSP-RK3.
+SSPRK1 = SSPRK("euler", 1, (0.0,))
+SSPRK2 = SSPRK("ssprk2", 2, (0.0, 0.5))
+SSPRK3 = SSPRK("ssprk3", 3, (0.0, 0.75, 1.0 / 3.0))
+
+INTEGRATORS = {s.name: s for s in (SSPRK1, SSPRK2, SSPRK3)}
