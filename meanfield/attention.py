@@ -241,6 +241,13 @@ class DirectField:
         out = np.empty_like(x)
         if x.shape[0] == 0:
             return out
+        if not np.all(w > 0):
+            # Empty cells contribute nothing; dropping them also keeps the SA row maximum
+            # over sources that carry mass (else exp could underflow to 0/0).
+            if np.any(w < 0):
+                raise ValueError("weights must be nonnegative")
+            keep = w > 0
+            y, w = y[keep], w[keep]
         ky = y @ model.interaction.T  # logits are x . (A y)
         wvy = (y @ model.V.T) * w[:, None]
         block = max(1, self.block_elements // max(1, y.shape[0]))
@@ -279,6 +286,8 @@ def energy(model: AttentionModel, points, weights, block_elements: int = 1 << 18
     """
     x = np.asarray(points, dtype=float)
     w = np.asarray(weights, dtype=float)
+    keep = w != 0
+    x, w = x[keep], w[keep]
     beta = model.beta
     qk = model.Q.T @ model.K
     if beta == 0.0:

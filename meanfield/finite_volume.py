@@ -17,8 +17,8 @@ Schemes (``solver.scheme``), registered in :data:`SCHEMES`:
 
 Positivity: face values are nonnegative and at most ``2 rho_i``, so a forward-Euler
 step keeps ``rho >= 0`` when ``dt * sum_edges w |u| / |C_i| <= 1/2`` (``<= 1`` for
-upwind). The time integrator checks the exact per-stage condition
-(:meth:`FiniteVolume.positivity_dt`) and rejects a step that would violate it.
+upwind). The time integrator checks the exact per-stage condition (the third value
+returned by :meth:`FiniteVolume.rhs`) and rejects a step that would violate it.
 """
 
 from __future__ import annotations

@@ -70,6 +70,11 @@ class Mesh:
     def n_edges(self) -> int:
         return self.edge_cells.shape[0]
 
+    @property
+    def max_degree(self) -> int:
+        """Highest harmonic degree the mesh resolves (about two cells per wavelength)."""
+        raise NotImplementedError
+
     def cell_quadrature(self, degree: int) -> tuple[np.ndarray, np.ndarray]:
         """Points ``(N, n, d)`` on the sphere and weights ``(N, n)`` integrating exactly
         enough over each cell; the weights of a cell sum to its area."""
@@ -146,6 +151,10 @@ class CircleMesh(Mesh):
         )
         theta = (np.arange(self.n_cells)[:, None] + ref_pts[None, :, 0]) * self.h
         return _unit(theta), np.broadcast_to(ref_wts * self.h, theta.shape).copy()
+
+    @property
+    def max_degree(self) -> int:
+        return self.n_cells // 2
 
     def tangent(self, points: np.ndarray) -> np.ndarray:
         """Unit tangent (direction of increasing angle) at points of the circle."""

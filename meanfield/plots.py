@@ -35,9 +35,19 @@ def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
         edges_t = np.concatenate([[t[0]], 0.5 * (t[1:] + t[:-1]), [t[-1]]])
     else:
         edges_t = np.array([t[0], t[0] + 1.0])
-    edges_theta = np.concatenate([mesh.edge_angles, [2 * np.pi]])
-    img = ax.pcolormesh(edges_t, edges_theta, rho.T, shading="flat", cmap="magma")
-    fig.colorbar(img, ax=ax, label="density")
+    # More cells than pixel rows would drop one-cell-wide clusters from the picture:
+    # pool groups of cells by their maximum so every peak stays visible.
+    group = max(1, int(np.ceil(rho.shape[1] / 400)))
+    ncol = rho.shape[1] // group
+    pooled = rho[:, : ncol * group].reshape(len(t), ncol, group).max(axis=2)
+    edges_theta = np.linspace(0.0, 2 * np.pi, ncol + 1)
+    uniform = 1.0 / (2 * np.pi)
+    from matplotlib.colors import LogNorm
+
+    vmax = max(pooled.max(), 2 * uniform)
+    norm = LogNorm(vmin=max(min(pooled.min(), uniform / 2), vmax * 1e-4), vmax=vmax)
+    img = ax.pcolormesh(edges_t, edges_theta, np.maximum(pooled.T, norm.vmin), shading="flat", cmap="magma", norm=norm)
+    fig.colorbar(img, ax=ax, label="density (log scale)")
     ax.set_xlabel("t")
     ax.set_ylabel("angle θ")
     ax.set_yticks([0, np.pi / 2, np.pi, 3 * np.pi / 2, 2 * np.pi], ["0", "π/2", "π", "3π/2", "2π"])

@@ -80,8 +80,8 @@ class Simulation:
         self.rate_cfl = rate_cfl
         self.dt_max = dt_max
         self.integrator = integrator
-        # Resolved modes of the mesh: up to the Nyquist degree (capped).
-        self.rate = model.rate_bound(max_mode=min(256, max(1, int(math.sqrt(mesh.n_cells)) * 2)))
+        # Largest growth rate over the harmonic degrees the mesh resolves.
+        self.rate = model.rate_bound(max_mode=mesh.max_degree)
         self.rejected = 0
 
     def step(self, state: State, t_limit: float = math.inf) -> float:
@@ -104,7 +104,12 @@ class Simulation:
             raise NonFiniteStateError(f"t={state.t:.6g}: no admissible step found (dt fell to {dt:.3e})")
         if not np.all(np.isfinite(rho)):
             raise NonFiniteStateError(f"t={state.t + dt:.6g}: the density became non-finite")
-        state.rho = np.maximum(rho, 0.0) if rho.min() > -1e-14 * rho.max() else rho
+        low = rho.min()
+        if low < 0:
+            if low < -1e-14 * rho.max():  # positivity is guaranteed: this is a bug
+                raise NonFiniteStateError(f"t={state.t + dt:.6g}: negative density {low:.3e}")
+            rho = np.maximum(rho, 0.0)  # round-off at an emptied cell
+        state.rho = rho
         state.t = t_limit if dt == remaining else state.t + dt
         state.steps += 1
         return dt
