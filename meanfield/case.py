@@ -37,21 +37,33 @@ def _type_name(v) -> str:
     )
 
 
+def _show(v, limit: int = 60) -> str:
+    """``repr(v)``, shortened for messages (a TOML integer may have thousands of digits)."""
+    try:
+        text = repr(v)
+    except ValueError:  # int too large for str()
+        return f"<integer of about {int(v.bit_length() * 0.30103)} digits>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _number(v, what="a number") -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"must be {what}, got {_type_name(v)} {v!r}")
-    return float(v)
+        raise ValueError(f"must be {what}, got {_type_name(v)} {_show(v)}")
+    try:
+        return float(v)
+    except OverflowError:  # a TOML integer beyond the float range
+        raise ValueError(f"must be a finite number, got {_show(v)}") from None
 
 
 def real(lo=-math.inf, hi=math.inf, lo_open=False, allow_inf=False) -> Callable:
     def check(v, d=None):
         x = _number(v)
         if math.isnan(x) or (math.isinf(x) and not allow_inf):
-            raise ValueError(f"must be a finite number, got {v!r}")
+            raise ValueError(f"must be a finite number, got {_show(v)}")
         if x < lo or (lo_open and x == lo):
-            raise ValueError(f"must be {'>' if lo_open else '>='} {lo:g}, got {v!r}")
+            raise ValueError(f"must be {'>' if lo_open else '>='} {lo:g}, got {_show(v)}")
         if x > hi:
-            raise ValueError(f"must be <= {hi:g}, got {v!r}")
+            raise ValueError(f"must be <= {hi:g}, got {_show(v)}")
         return x
 
     return check
@@ -60,11 +72,11 @@ def real(lo=-math.inf, hi=math.inf, lo_open=False, allow_inf=False) -> Callable:
 def integer(lo=None, hi=None) -> Callable:
     def check(v, d=None):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"must be an integer, got {_type_name(v)} {v!r}")
+            raise ValueError(f"must be an integer, got {_type_name(v)} {_show(v)}")
         if lo is not None and v < lo:
-            raise ValueError(f"must be >= {lo}, got {v}")
+            raise ValueError(f"must be >= {lo}, got {_show(v)}")
         if hi is not None and v > hi:
-            raise ValueError(f"must be <= {hi}, got {v}")
+            raise ValueError(f"must be <= {hi}, got {_show(v)}")
         return v
 
     return check
@@ -73,7 +85,7 @@ def integer(lo=None, hi=None) -> Callable:
 def choice(*options) -> Callable:
     def check(v, d=None):
         if v not in options:
-            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {v!r}")
+            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {_show(v)}")
         return v
 
     return check
@@ -81,28 +93,36 @@ def choice(*options) -> Callable:
 
 def boolean(v, d=None):
     if not isinstance(v, bool):
-        raise ValueError(f"must be true or false, got {_type_name(v)} {v!r}")
+        raise ValueError(f"must be true or false, got {_type_name(v)} {_show(v)}")
     return v
 
 
 def string(v, d=None):
     if not isinstance(v, str):
-        raise ValueError(f"must be a string, got {_type_name(v)} {v!r}")
+        raise ValueError(f"must be a string, got {_type_name(v)} {_show(v)}")
     return v
 
 
 def matrix(v, d):
     if v is None:
         return np.eye(d).tolist()
-    try:
-        a = np.array(v, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"must be a {d} x {d} array of numbers") from None
-    if a.shape != (d, d) or any(isinstance(x, bool) for row in v for x in (row if isinstance(row, list) else [row])):
-        raise ValueError(f"must be a {d} x {d} array of numbers, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
+    if not (isinstance(v, list) and len(v) == d and all(isinstance(row, list) and len(row) == d for row in v)):
+        if isinstance(v, list) and all(isinstance(row, list) for row in v) and len({len(r) for r in v}) == 1:
+            got = f"shape ({len(v)}, {len(v[0])})"
+        elif isinstance(v, list) and not any(isinstance(row, list) for row in v):
+            got = f"shape ({len(v)},)"
+        else:
+            got = f"{_type_name(v)} {_show(v)}"
+        raise ValueError(f"must be a {d} x {d} array of numbers, got {got}")
+    out = []
+    for i, row in enumerate(v):
+        try:
+            out.append([_number(x) for x in row])
+        except ValueError as exc:  # strings, booleans, integers beyond the float range
+            raise ValueError(f"row {i}: entries {exc}") from None
+    if not all(math.isfinite(x) for row in out for x in row):
         raise ValueError("must have finite entries")
-    return a.tolist()
+    return out
 
 
 def vectors(v, d):
@@ -111,10 +131,13 @@ def vectors(v, d):
     out = []
     for i, row in enumerate(v):
         if not isinstance(row, list) or len(row) != d:
-            raise ValueError(f"entry {i} must be a vector of length {d}, got {row!r}")
-        vec = [_number(x, "a number") for x in row]
+            raise ValueError(f"entry {i} must be a vector of length {d}, got {_show(row)}")
+        try:
+            vec = [_number(x, "a number") for x in row]
+        except ValueError as exc:
+            raise ValueError(f"entry {i}: {exc}") from None
         if not all(math.isfinite(x) for x in vec) or not any(vec):
-            raise ValueError(f"entry {i} must be a finite nonzero vector, got {row!r}")
+            raise ValueError(f"entry {i} must be a finite nonzero vector, got {_show(row)}")
         out.append(vec)
     return out
 
@@ -123,10 +146,14 @@ def reals(lo=0.0) -> Callable:
     def check(v, d=None):
         if not isinstance(v, list):
             raise ValueError(f"must be an array of numbers, got {_type_name(v)}")
-        out = [_number(x) for x in v]
-        for i, x in enumerate(out):
-            if not math.isfinite(x) or x < lo:
-                raise ValueError(f"entry {i} must be a finite number >= {lo:g}, got {v[i]!r}")
+        out = []
+        for i, x in enumerate(v):
+            try:
+                out.append(_number(x))
+            except ValueError as exc:
+                raise ValueError(f"entry {i}: {exc}") from None
+            if not math.isfinite(out[-1]) or out[-1] < lo:
+                raise ValueError(f"entry {i} must be a finite number >= {lo:g}, got {_show(x)}")
         return out
 
     return check
@@ -141,6 +168,9 @@ def modes(v, d):
         extra = set(m) - allowed
         if extra:
             raise ValueError(f"entry {i}: unknown field {sorted(extra)[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        missing = [f for f in (("k", "amplitude") if d == 2 else ("l", "amplitude")) if f not in m]
+        if missing:
+            raise ValueError(f"entry {i}: missing field {missing[0]!r}")
         try:
             amp = _number(m.get("amplitude", None), "a number")
             if d == 2:
@@ -161,7 +191,7 @@ def dt_value(v, d=None):
     try:
         return real(0.0, lo_open=True)(v)
     except ValueError:
-        raise ValueError(f"must be \"auto\" or a number > 0, got {v!r}") from None
+        raise ValueError(f"must be \"auto\" or a number > 0, got {_show(v)}") from None
 
 
 @dataclass(frozen=True)
@@ -174,7 +204,7 @@ class Key:
 SCHEMA: dict[str, dict[str, Key]] = {
     "domain": {
         "manifold": Key(choice("circle", "sphere"), "circle", "`\"circle\"` (S^1) or `\"sphere\"` (S^2)."),
-        "cells": Key(integer(3), 512, "circle: number of uniform cells."),
+        "cells": Key(integer(3, 10**8), 512, "circle: number of uniform cells."),
         "mesh": Key(string, "icosahedral:4", "sphere: `\"icosahedral:LEVEL\"` or a mesh file path."),
     },
     "model": {
@@ -217,6 +247,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 _DIM = {"circle": 2, "sphere": 3}
+#: t_end / every above this is refused (one file per snapshot; a typo like every = 1e-9
+#: would otherwise try to build billions of output times).
+MAX_SNAPSHOTS = 100_000
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -226,10 +259,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise CaseError("--set", text, "expected KEY=VALUE")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if not key:
+        raise CaseError("--set", text, "expected KEY=VALUE, the key is empty")
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        parsed = tomllib.loads(f"v = {raw}")
+    except ValueError:  # TOMLDecodeError, or an integer of more than 4300 digits
+        parsed = None
+    # "4\nfoo = 1" parses as two entries: not one value, so it is taken as a string.
+    value = parsed["v"] if parsed is not None and list(parsed) == ["v"] else raw.strip()
     return key, value
 
 
@@ -244,8 +281,9 @@ def load_case(path, overrides: list[str] | tuple = ()) -> dict:
         raise CaseError(path, "", f"cannot read: {exc}") from None
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise CaseError(path, "", f"malformed TOML: {exc}") from None
+    overridden = set()
     for item in overrides:
         key, value = parse_override(item)
         parts = key.split(".")
@@ -253,21 +291,33 @@ def load_case(path, overrides: list[str] | tuple = ()) -> dict:
             raise CaseError("--set", key, f"unknown key (known: {', '.join(_all_keys())})")
         raw.setdefault(parts[0], {})
         if not isinstance(raw[parts[0]], dict):
-            raise CaseError(path, parts[0], "must be a table")
+            raise CaseError(path, parts[0], f"must be a table, got {_type_name(raw[parts[0]])}")
         raw[parts[0]][parts[1]] = value
-    return resolve_case(raw, source=path, base_dir=path.parent)
+        overridden.add(key)
+    return resolve_case(raw, source=path, base_dir=path.parent, overridden=overridden)
 
 
 def _all_keys():
     return [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys]
 
 
-def resolve_case(raw: dict, source="<case>", base_dir=".") -> dict:
+def resolve_case(raw: dict, source="<case>", base_dir=".", overridden=frozenset()) -> dict:
     """Validate a raw case dict and return it with every default filled in.
 
     ``initial.function`` is resolved to an absolute path (or module reference) and the
     loaded callable is stored under the private key ``initial["function_object"]``.
+    ``overridden`` holds the dotted keys whose values came from ``--set``: errors about
+    them name ``--set`` instead of ``source``.
     """
+    try:
+        return _resolve(raw, source, base_dir)
+    except CaseError as exc:
+        if exc.source == str(source) and exc.key in overridden:
+            raise CaseError("--set", exc.key, exc.reason) from None
+        raise
+
+
+def _resolve(raw: dict, source, base_dir) -> dict:
     raw = copy.deepcopy(raw)
     for section, table in raw.items():
         if section not in SCHEMA:
@@ -297,6 +347,10 @@ def resolve_case(raw: dict, source="<case>", base_dir=".") -> dict:
                 raise CaseError(source, f"{section}.{key}", str(exc)) from None
     if case["output"]["every"] is None:
         case["output"]["every"] = case["solver"]["t_end"] / 20.0
+    n_snapshots = case["solver"]["t_end"] / case["output"]["every"]
+    if n_snapshots > MAX_SNAPSHOTS:
+        raise CaseError(source, "output.every", f"gives about {n_snapshots:.3g} snapshots up to solver.t_end = "
+                        f"{case['solver']['t_end']:g} (at most {MAX_SNAPSHOTS}); take a larger value")
     _check_initial(case["initial"], d, source, Path(base_dir))
     return case
 

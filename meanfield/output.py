@@ -16,6 +16,7 @@ import csv
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +24,51 @@ import numpy as np
 __all__ = ["atomic_write", "RunWriter"]
 
 
+def _umask() -> int:
+    """The process umask (read once; from /proc where possible, since setting it to read it
+    back is not thread safe)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            with open("/proc/self/status") as fh:
+                _UMASK = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            with _UMASK_LOCK:
+                _UMASK = os.umask(0o022)
+                os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
+_UMASK_LOCK = threading.Lock()
+
+
 def atomic_write(path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory.
+
+    On any error the temporary file is removed and ``path`` keeps its old content. The
+    new file gets the permissions of a plainly created one (``0o666`` less the umask),
+    not the ``0o600`` of the temporary file.
+    """
     path = Path(path)
-    mode = "wb" if isinstance(data, bytes) else "w"
+    binary = isinstance(data, (bytes, bytearray, memoryview))
+    if not binary and not isinstance(data, str):
+        raise TypeError(f"atomic_write needs bytes or str, got {type(data).__name__}")
+    mode = "wb" if binary else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as fh:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as fh:
             fh.write(data)
             fh.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
 
 
@@ -57,9 +89,10 @@ class RunWriter:
     def prepare(self) -> None:
         """Create the directory and check it is writable (before the run starts)."""
         self.snap_dir.mkdir(parents=True, exist_ok=True)
-        probe = self.dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        for folder in (self.dir, self.snap_dir):
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
 
     def write_case(self, case_data: dict) -> None:
         import tomli_w

@@ -148,17 +148,23 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") 
             sim.advance(state, t_out, on_step)
             last_good = State(state.t, state.rho.copy(), state.steps)
             arrays = snapshot(index)
-    except (NonFiniteStateError, FieldOverflowError) as exc:
+    except Exception as exc:
+        # NonFiniteStateError and FieldOverflowError are the expected failures; anything
+        # else raised while stepping (e.g. the field refusing a non-finite intermediate
+        # stage) is a failure of the run too, with the last good state saved all the same.
         if bar is not None:
             bar.close()
+        reason = str(exc) if isinstance(exc, (NonFiniteStateError, FieldOverflowError)) else f"{type(exc).__name__}: {exc}"
+        where = ""
         if writer is not None:
             lg = {"t": np.float64(last_good.t), "points": mesh.centers, "masses": last_good.rho * mesh.areas,
                   "areas": mesh.areas, "density": last_good.rho}
-            writer.write_npz("last_good.npz", lg)
-            where = f"; last good state (t={last_good.t:.6g}) saved to {writer.dir / 'last_good.npz'}"
-        else:
-            where = ""
-        raise RunFailure(f"{exc}{where}") from exc
+            try:
+                path = writer.write_npz("last_good.npz", lg)
+                where = f"; last good state (t={last_good.t:.6g}) saved to {path}"
+            except OSError as write_exc:
+                where = f"; could not save the last good state (t={last_good.t:.6g}): {write_exc}"
+        raise RunFailure(f"{reason}{where}") from exc
     if bar is not None:
         bar.close()
     if writer is not None:
