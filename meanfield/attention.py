@@ -31,6 +31,7 @@ __all__ = [
     "AttentionField",
     "DirectField",
     "FieldOverflowError",
+    "USA_LOGIT_LIMIT",
     "energy",
     "growth_rate",
     "single_thread_blas",
@@ -205,6 +206,8 @@ class AttentionField(Protocol):
 
 
 _LOG_MAX = math.log(np.finfo(float).max)
+#: Largest USA logit accepted: exp of it times a sum of up to e^40 terms stays finite.
+USA_LOGIT_LIMIT = _LOG_MAX - 40.0
 
 
 class DirectField:
@@ -266,7 +269,7 @@ class DirectField:
             np.exp(logits, out=logits)
             return (logits @ wvy) / (logits @ w)[:, None]
         top = logits.max() if logits.size else 0.0
-        if top > _LOG_MAX - 40.0:
+        if top > USA_LOGIT_LIMIT:
             raise FieldOverflowError(
                 f"USA attention overflows: beta <Qx, Ky> reaches {top:.1f} "
                 f"(exp overflows above {_LOG_MAX:.0f}); use SA (model.kind = \"SA\") or a smaller beta"

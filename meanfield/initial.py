@@ -122,7 +122,8 @@ def project(mesh, spec: dict) -> np.ndarray:
         raise InitialDataError("initial density is not finite on every cell")
     if np.any(rho < 0):
         i = int(np.argmin(rho))
-        raise InitialDataError(f"initial density is negative (cell {i}: average {rho[i]:.3e}); reduce the mode amplitudes")
+        hint = "; reduce the mode amplitudes" if spec["kind"] == "modes" else ""
+        raise InitialDataError(f"initial density is negative (cell {i}: average {rho[i]:.3e}){hint}")
     mass = float(rho @ mesh.areas)
     if not mass > 0:
         raise InitialDataError("initial density has zero mass")

@@ -86,13 +86,22 @@ class RunWriter:
         self.snap_dir = self.dir / "snapshots"
         self.rows: list[dict] = []
 
-    def prepare(self) -> None:
-        """Create the directory and check it is writable (before the run starts)."""
+    #: What a run writes; a new run into the same directory removes the previous run's.
+    PRODUCTS = ("snapshots/*.npz", "vtk/*.vtp", "final.npz", "last_good.npz", "*.pvd", "*.png", "diagnostics.csv")
+
+    def prepare(self, fresh: bool = True) -> None:
+        """Create the directory and check it is writable (before the run starts). With
+        ``fresh``, files a previous run left there (:attr:`PRODUCTS`) are removed so no
+        stale snapshot survives; nothing else in the directory is touched."""
         self.snap_dir.mkdir(parents=True, exist_ok=True)
         for folder in (self.dir, self.snap_dir):
             fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
             os.close(fd)
             os.unlink(probe)
+        if fresh:
+            for pattern in self.PRODUCTS:
+                for old in self.dir.glob(pattern):
+                    old.unlink()
 
     def write_case(self, case_data: dict) -> None:
         import tomli_w

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import diagnostics as diag
-from .attention import AttentionModel, FieldOverflowError
+from .attention import USA_LOGIT_LIMIT, AttentionModel, FieldOverflowError
 from .case import CaseError, dump_case
 from .initial import InitialDataError, project
 from .mesh import CircleMesh, Mesh
@@ -59,6 +59,11 @@ def build_simulation(case: dict, source="<case>") -> tuple[Simulation, State]:
     s = case["solver"]
     if s["backend"] == "spectral":
         raise CaseError(source, "solver.backend", "the spectral backend is not available in this version; use \"direct\" or \"auto\"")
+    if not model.normalized:
+        top = float(np.linalg.norm(model.interaction, 2))
+        if top > USA_LOGIT_LIMIT:
+            raise CaseError(source, "model.beta", f"USA attention overflows double precision when beta ||Q^T K||_2 > "
+                            f"{USA_LOGIT_LIMIT:.1f} (here {top:.4g}); use model.kind = \"SA\" or a smaller beta")
     sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
                      dt_max=s["dt_max"])
     try:

@@ -23,15 +23,11 @@ import numpy as np
 from .attention import AttentionModel, DirectField
 from .finite_volume import FiniteVolume
 from .mesh import Mesh
-from .timestepping import SSPRK, SSPRK3, StepRejected
+from .timestepping import SSPRK, SSPRK3, NonFiniteStateError, StepRejected
 
 __all__ = ["State", "Simulation", "NonFiniteStateError", "make_field"]
 
 log = logging.getLogger("meanfield")
-
-
-class NonFiniteStateError(FloatingPointError):
-    """The density became non-finite; the last good state is kept by the caller."""
 
 
 @dataclass

@@ -20,7 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SSPRK", "SSPRK3", "INTEGRATORS", "StepRejected"]
+__all__ = ["SSPRK", "SSPRK3", "INTEGRATORS", "NonFiniteStateError", "StepRejected"]
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A stage of a step produced a non-finite state."""
 
 
 class StepRejected(Exception):
@@ -50,6 +54,8 @@ class SSPRK:
             # u0 + (1 - a)(u - u0 + dt L): rounding errors scale with the increment, not
             # with the state, so the mass drifts by far less than one ulp per step.
             u = u + dt * lu if a == 0.0 else u0 + (1.0 - a) * ((u - u0) + dt * lu)
+            if not np.all(np.isfinite(u)):
+                raise NonFiniteStateError(f"stage {k + 1} of a {self.name} step of size {dt:.3e} is not finite")
         return u
 
 

@@ -324,9 +324,18 @@ def test_output_directory_not_writable(capsys, case, tmp_path, no_advance):
 
 
 # -- failures during the run: exit status 1, one line, last_good.npz ----------------------------------
-def test_usa_overflow_fails_with_last_good(capsys, case, tmp_path):
+def test_usa_beta_that_must_overflow_is_invalid_input(capsys, case, tmp_path):
     out = tmp_path / "out"
-    rc, _, err = cli(capsys, "run", case, "--set", "model.kind=USA", "--set", "model.beta=680",
+    rc, _, err = cli(capsys, "run", case, "--set", "model.kind=USA", "--set", "model.beta=680", "--out", out)
+    assert rc == 2
+    one_line(err, "--set", "model.beta", "overflows")
+    assert not (out / "final.npz").exists()
+
+
+def test_usa_overflow_fails_with_last_good(capsys, case, tmp_path):
+    # beta is fine, but V = 1e306 I makes the sum overflow: detected in the run, exit 1
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "run", case, "--set", "model.kind=USA", "--set", "model.V=[[1e306,0],[0,1e306]]", "--set", "model.beta=30",
                      "--set", "output.plots=true", "--out", out, "--quiet")
     assert rc == 1
     line = one_line(err, "run failed", "overflow", "last_good.npz")
@@ -433,7 +442,8 @@ def test_console_script_invalid_input(tmp_path):
 
 def test_console_script_run_failure_and_success(tmp_path):
     case = write_case(tmp_path / "c.toml")
-    p = _run_script("run", case, "--set", "model.kind=USA", "--set", "model.beta=680", "--out", tmp_path / "bad")
+    p = _run_script("run", case, "--set", "model.kind=USA", "--set", "model.V=[[1e306,0],[0,1e306]]", "--set", "model.beta=30",
+                    "--out", tmp_path / "bad")
     assert p.returncode == 1
     one_line(p.stderr, "run failed", "last_good.npz")
     assert (tmp_path / "bad" / "last_good.npz").is_file()
