@@ -205,7 +205,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "domain": {
         "manifold": Key(choice("circle", "sphere"), "circle", "`\"circle\"` (S^1) or `\"sphere\"` (S^2)."),
         "cells": Key(integer(3, 10**8), 512, "circle: number of uniform cells."),
-        "mesh": Key(string, "icosahedral:4", "sphere: `\"icosahedral:LEVEL\"` or a mesh file path."),
+        "mesh": Key(string, "icosahedral:4", "sphere: `\"icosahedral:LEVEL\"` (level L has 20 * 4^L triangles) or a "
+                    "surface mesh file (.vtk .vtu .vtp .stl .obj .ply), path relative to the case file."),
+        "edge_points": Key(integer(1, 5), 1, "sphere: Gauss points per edge for the fluxes (1: midpoint rule)."),
     },
     "model": {
         "kind": Key(choice("SA", "USA"), "SA", "`\"SA\"` softmax attention or `\"USA\"` unnormalized attention."),
@@ -241,7 +243,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "plots": Key(boolean, True, "write PNG pictures at the end of the run."),
     },
     "diagnostics": {
-        "cluster_contrast": Key(real(1.0, lo_open=True), 2.0, "a cluster is a connected region where rho > contrast / |S|."),
+        "cluster_contrast": Key(real(1.0, lo_open=True), 2.0, "a cluster is a connected region where rho exceeds contrast times the uniform density."),
         "cluster_mass": Key(real(0.0, 1.0), 0.01, "smallest mass of a cluster."),
     },
 }
@@ -352,7 +354,26 @@ def _resolve(raw: dict, source, base_dir) -> dict:
         raise CaseError(source, "output.every", f"gives about {n_snapshots:.3g} snapshots up to solver.t_end = "
                         f"{case['solver']['t_end']:g} (at most {MAX_SNAPSHOTS}); take a larger value")
     _check_initial(case["initial"], d, source, Path(base_dir))
+    _check_mesh(case["domain"], source, Path(base_dir))
     return case
+
+
+def _check_mesh(domain: dict, source, base_dir: Path) -> None:
+    """``domain.mesh``: ``icosahedral:LEVEL`` or a file, resolved to an absolute path."""
+    if domain["manifold"] != "sphere":
+        return
+    spec = domain["mesh"]
+    if spec.startswith("icosahedral:"):
+        level = spec.split(":", 1)[1]
+        if not level.isdigit() or int(level) > 10:
+            raise CaseError(source, "domain.mesh", f"\"icosahedral:LEVEL\" needs an integer LEVEL from 0 to 10, got {spec!r}")
+        return
+    path = Path(spec)
+    if not path.is_absolute():
+        path = (base_dir / path).resolve()
+    if not path.is_file():
+        raise CaseError(source, "domain.mesh", f"no such mesh file: {path} (or use \"icosahedral:LEVEL\")")
+    domain["mesh"] = str(path)
 
 
 def _check_initial(init: dict, d: int, source, base_dir: Path) -> None:

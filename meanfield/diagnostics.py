@@ -64,10 +64,11 @@ def find_clusters(mesh, rho: np.ndarray, criterion: ClusterCriterion = ClusterCr
 
 
 def compute(mesh, model: AttentionModel, rho: np.ndarray, velocity: np.ndarray, t: float, steps: int,
-            criterion: ClusterCriterion = ClusterCriterion()) -> dict:
-    """One row of ``diagnostics.csv`` for the state ``rho`` at time ``t``."""
+            criterion: ClusterCriterion = ClusterCriterion(), clusters=None) -> dict:
+    """One row of ``diagnostics.csv`` for the state ``rho`` at time ``t`` (``clusters``: the
+    result of :func:`find_clusters` if already computed)."""
     m = rho * mesh.areas
-    masses, _ = find_clusters(mesh, rho, criterion)
+    masses, _ = clusters if clusters is not None else find_clusters(mesh, rho, criterion)
     return {
         "t": float(t),
         "mass": float(m.sum()),

@@ -2,6 +2,8 @@
 
 * ``density.png`` (circle): the density over angle and time as a space-time image, with
   the initial and final profiles beside it.
+* ``initial.png``, ``final.png`` (sphere): the density on the sphere from two opposite
+  view points (pyvista, rendered offscreen; :mod:`meanfield.render`).
 * ``diagnostics.png``: energy, order parameter, number of clusters, extremes of the
   density and the mass error over time.
 """
@@ -105,4 +107,9 @@ def write_run_plots(out_dir, mesh, result) -> list[Path]:
     paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows)]
     if mesh.manifold == "circle":
         paths.append(plot_spacetime(out_dir / "density.png", mesh, result.snapshots))
+    else:
+        from .render import render_sphere
+
+        for name, (t, rho) in (("initial.png", result.snapshots[0]), ("final.png", result.snapshots[-1])):
+            paths.append(render_sphere(out_dir / name, mesh, rho, title=f"density at t = {t:g}"))
     return paths

@@ -44,7 +44,12 @@ def build_mesh(case: dict, source="<case>") -> Mesh:
     dom = case["domain"]
     if dom["manifold"] == "circle":
         return CircleMesh(dom["cells"])
-    raise CaseError(source, "domain.manifold", "\"sphere\" meshes are not available in this version yet")
+    from .sphere import MeshError, parse_mesh_spec
+
+    try:
+        return parse_mesh_spec(dom["mesh"], edge_points=dom["edge_points"])
+    except MeshError as exc:
+        raise CaseError(source, "domain.mesh", str(exc)) from None
 
 
 def build_model(case: dict, d: int) -> AttentionModel:
@@ -89,6 +94,10 @@ def output_times(t_end: float, every: float) -> list[float]:
     return times
 
 
+#: Cell data of the ParaView files.
+VTK_FIELDS = ("density", "masses", "areas", "velocity")
+
+
 def _snapshot_arrays(sim: Simulation, state: State) -> dict:
     mesh = sim.mesh
     return {
@@ -130,6 +139,12 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") 
         bar = tqdm(total=times[-1], unit="t", file=sys.stderr, dynamic_ncols=True,
                    bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}] {postfix}")
 
+    vtk = None
+    if writer is not None and mesh.manifold == "sphere":
+        from .vtk_output import VtkSeries
+
+        vtk = VtkSeries(writer.dir)
+
     def on_step(st, dt):
         if bar is not None:
             bar.n = st.t
@@ -138,11 +153,17 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") 
 
     def snapshot(index):
         arrays = _snapshot_arrays(sim, state)
-        row = diag.compute(mesh, sim.model, state.rho, arrays["velocity"], state.t, state.steps, criterion)
+        clusters = diag.find_clusters(mesh, state.rho, criterion)
+        arrays["cluster_masses"], arrays["cluster_centers"] = clusters
+        row = diag.compute(mesh, sim.model, state.rho, arrays["velocity"], state.t, state.steps, criterion, clusters)
         result.rows.append(row)
         result.snapshots.append((state.t, state.rho.copy()))
         if writer is not None:
             writer.write_snapshot(index, arrays, row)
+            if vtk is not None:
+                from .vtk_output import surface_polydata
+
+                vtk.write(index, state.t, surface_polydata(mesh, {k: arrays[k] for k in VTK_FIELDS}))
         return arrays
 
     wall = time.perf_counter()
