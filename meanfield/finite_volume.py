@@ -12,8 +12,10 @@ Schemes (``solver.scheme``), registered in :data:`SCHEMES`:
 ``muscl``
     second order: a least-squares gradient in the tangent plane of each cell, limited
     (Barth--Jespersen) so that every face value lies between the smallest and largest
-    average of the cell and its neighbours and in ``[0, 2 rho_i]``. On the circle this is
-    exactly the monotonized-central (MC) limiter.
+    average of the cell and the cells around it (:meth:`Mesh.neighborhood_extrema`: on
+    triangle meshes every cell sharing a vertex, so that linear data is not clipped at
+    Gauss points near the corners) and in ``[0, 2 rho_i]``. On the circle this is exactly
+    the monotonized-central (MC) limiter.
 
 Positivity: face values are nonnegative and at most ``2 rho_i``, so a forward-Euler
 step keeps ``rho >= 0`` when ``dt * sum_edges w |u| / |C_i| <= 1/2`` (``<= 1`` for
@@ -60,8 +62,9 @@ def _muscl(fv: "FiniteVolume", rho: np.ndarray) -> np.ndarray:
     nb = rho[mesh.neighbors]  # (N, k)
     grad = np.einsum("ndk,nk->nd", mesh.grad_operator, nb - rho[:, None])
     delta = np.einsum("nd,nfqd->nfq", grad, mesh.face_displacement)
-    hi = np.minimum(np.maximum(rho, nb.max(axis=1)), 2.0 * rho)[:, None, None] - rho[:, None, None]
-    lo = np.maximum(np.minimum(rho, nb.min(axis=1)), 0.0)[:, None, None] - rho[:, None, None]
+    low, high = mesh.neighborhood_extrema(rho)
+    hi = np.minimum(high, 2.0 * rho)[:, None, None] - rho[:, None, None]
+    lo = np.maximum(low, 0.0)[:, None, None] - rho[:, None, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(delta > 0, hi / delta, np.where(delta < 0, lo / delta, 1.0))
     phi = np.clip(ratio.min(axis=(1, 2)), 0.0, 1.0)

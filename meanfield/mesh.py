@@ -103,6 +103,12 @@ class Mesh:
         # CFL geometry: boundary measure of each cell.
         self.perimeter = np.sum(self.edge_weights[self.cell_edges], axis=(1, 2))
 
+    def neighborhood_extrema(self, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Smallest and largest average over each cell and the cells around it: the bounds
+        of the slope limiter. Default: the cells across the edges."""
+        nb = rho[self.neighbors]
+        return np.minimum(rho, nb.min(axis=1)), np.maximum(rho, nb.max(axis=1))
+
     def validate(self) -> None:
         """Consistency checks every mesh must pass (used by tests and loaders)."""
         if not np.isclose(self.areas.sum(), self.total_measure, rtol=1e-12, atol=0):

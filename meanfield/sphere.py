@@ -375,6 +375,17 @@ class SphereMesh(Mesh):
         harmonic degree of freedom (icosahedral level 4: 50, level 6: 202)."""
         return int(math.isqrt(self.n_cells // 2))
 
+    def neighborhood_extrema(self, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Extrema over every cell sharing a vertex with the cell (the limiter's stencil)."""
+        tri = self.triangles
+        flat = tri.ravel()
+        values = np.repeat(rho, 3)
+        vmin = np.full(self.n_vertices, np.inf)
+        vmax = np.full(self.n_vertices, -np.inf)
+        np.minimum.at(vmin, flat, values)
+        np.maximum.at(vmax, flat, values)
+        return vmin[tri].min(axis=1), vmax[tri].max(axis=1)
+
     def cell_quadrature(self, degree: int, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Points ``(N, n, 3)`` and weights ``(N, n)`` of a quadrature on every cell.
 
