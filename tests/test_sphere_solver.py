@@ -1,0 +1,136 @@
+"""The finite-volume solver on S^2: growth rates, order, rotation equivariance, invariants."""
+
+import math
+
+import numpy as np
+import pytest
+
+import meanfield as mf
+from meanfield.sphere import icosahedral
+
+
+@pytest.fixture(scope="module")
+def level5():
+    return icosahedral(5)
+
+
+def y_lm_averages(mesh, l, m):
+    pts, wts = mesh.cell_quadrature(8)
+    return (mf.real_sph_harm(l, m, pts.reshape(-1, 3)).reshape(wts.shape) * wts).sum(axis=1) / mesh.areas
+
+
+def semi_discrete_rate(sim, y, eps=1e-6):
+    """Rayleigh quotient of the linearized finite-volume operator at the uniform density in
+    the direction of the mode ``y`` (cell averages): the growth rate of the discretization."""
+    mesh = sim.mesh
+    rho0 = np.full(mesh.n_cells, 1 / (4 * np.pi))
+    base = sim.fv.rhs(rho0)[0]
+    dl = (sim.fv.rhs(rho0 + eps * y / (4 * np.pi))[0] - base) / (eps / (4 * np.pi))
+    return float((dl * y * mesh.areas).sum() / (y * y * mesh.areas).sum())
+
+
+@pytest.mark.parametrize("normalized", [True, False], ids=["SA", "USA"])
+@pytest.mark.parametrize("beta", [1.0, 9.0])
+def test_linear_growth_rates_on_level_5(level5, normalized, beta):
+    # Semi-discrete: one field evaluation per mode on 30,720 edges x 20,480 cells. The time
+    # integration of the same rates is checked on level 4 below and on the circle.
+    sim = mf.Simulation(level5, mf.AttentionModel(d=3, beta=beta, normalized=normalized))
+    for l in (1, 2, 3, 4):
+        rate = semi_discrete_rate(sim, y_lm_averages(level5, l, (l + 1) // 2 - 1))
+        sigma = float(mf.growth_rate(l, beta, 3, normalized))
+        assert abs(rate / sigma - 1) <= 1e-2, (l, rate, sigma)
+        assert abs(rate / sigma - 1) >= 1e-6  # a real discretization, not an exact formula
+
+
+def test_growth_in_time_on_level_4():
+    mesh = icosahedral(4)
+    beta, l = 9.0, 3
+    sim = mf.Simulation(mesh, mf.AttentionModel(d=3, beta=beta))
+    y = y_lm_averages(mesh, l, -2)
+    st = mf.State(0.0, (1 + 1e-5 * y) / (4 * np.pi))
+    sigma = float(mf.growth_rate(l, beta, 3, True))
+    times = np.linspace(0, 1.5 / sigma, 5)
+    amps = []
+    for t in times:
+        sim.advance(st, t)
+        amps.append((st.rho * y * mesh.areas).sum())
+    rate = np.polyfit(times, np.log(amps), 1)[0]
+    assert abs(rate / sigma - 1) <= 1e-2
+
+
+def test_second_order_self_convergence_levels_3_4_5():
+    # SA, beta = 1, smooth density, t = 0.5. Children of cell i are cells 4i..4i+3, so the
+    # restriction of a finer solution is an exact sum of masses.
+    def solve(level):
+        mesh = icosahedral(level)
+        sim = mf.Simulation(mesh, mf.AttentionModel(d=3, beta=1.0), scheme="muscl")
+        rho = mesh.cell_averages(lambda x: 1 + 0.5 * x[:, 0] + 0.3 * x[:, 1] * x[:, 2])
+        st = mf.State(0.0, rho / (rho @ mesh.areas))
+        sim.advance(st, 0.5)
+        return st.rho * mesh.areas
+
+    m3, m4, m5 = (solve(level) for level in (3, 4, 5))
+    e34 = np.abs(m3 - m4.reshape(-1, 4).sum(axis=1)).sum()
+    e45 = np.abs(m4 - m5.reshape(-1, 4).sum(axis=1)).sum()
+    order = math.log2(e34 / e45)
+    assert 1.7 <= order <= 2.6, (e34, e45, order)
+
+
+def icosahedral_rotation():
+    """A rotation by 2 pi / 5 about a vertex of the icosahedron: a symmetry of every level."""
+    axis = icosahedral(0).vertices[0]
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    a = 2 * np.pi / 5
+    return np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * k @ k
+
+
+def test_rotation_equivariance_with_general_qkv():
+    mesh = icosahedral(2)
+    R = icosahedral_rotation()
+    # the rotated mesh is the same mesh with its cells permuted
+    perm = np.argmax((mesh.centers @ R.T) @ mesh.centers.T, axis=1)  # cell i -> cell perm[i]
+    assert np.allclose(mesh.centers[perm], mesh.centers @ R.T, atol=1e-12)
+    rng = np.random.default_rng(3)
+    Q, K, V = (np.eye(3) + 0.4 * rng.normal(size=(3, 3)) for _ in range(3))
+    f = lambda x: np.exp(2 * x[:, 0] + x[:, 1] * x[:, 2])  # noqa: E731
+    runs = []
+    for rot in (np.eye(3), R):
+        # X'(Rx) = R X(x) for Q' = Q R^T, K' = K R^T, V' = R V R^T and rho'(R x) = rho(x)
+        model = mf.AttentionModel(d=3, beta=3.0, Q=Q @ rot.T, K=K @ rot.T, V=rot @ V @ rot.T)
+        sim = mf.Simulation(mesh, model)
+        rho = mesh.cell_averages(lambda x: f(x @ rot))
+        st = mf.State(0.0, rho / (rho @ mesh.areas))
+        sim.advance(st, 1.0)
+        runs.append(st)
+    base, rotated = runs
+    assert base.steps > 10
+    assert np.max(np.abs(rotated.rho[perm] - base.rho)) <= 1e-10 * base.rho.max()
+    assert np.max(np.abs(base.rho - runs[0].rho[perm])) > 1e-3 * base.rho.max()  # not symmetric itself
+
+
+@pytest.mark.parametrize("kind", ["SA", "USA"])
+def test_mass_positivity_energy_on_the_sphere(kind):
+    mesh = icosahedral(3)
+    model = mf.AttentionModel(d=3, beta=4.0, normalized=kind == "SA")
+    sim = mf.Simulation(mesh, model)
+    case = mf.resolve_case({"domain": {"manifold": "sphere"},
+                            "initial": {"kind": "modes", "modes": [{"l": 2, "m": 1, "amplitude": 0.6},
+                                                                   {"l": 3, "m": -2, "amplitude": 0.4}]}})
+    st = mf.State(0.0, mf.project(mesh, case["initial"]))
+    energies, masses, mins = [mf.energy(model, mesh.centers, st.rho * mesh.areas)], [], []
+
+    def record(state, dt):
+        m = state.rho * mesh.areas
+        masses.append(math.fsum(m))
+        mins.append(state.rho.min())
+        energies.append(mf.energy(model, mesh.centers, m))
+
+    sim.advance(st, 6.0 if kind == "SA" else 1.0, record)
+    assert max(abs(m - 1) for m in masses) <= 1e-13
+    assert min(mins) >= 0
+    assert st.rho.max() > 10 / (4 * np.pi)  # it did concentrate
+    if kind == "USA":
+        assert np.diff(energies).min() >= -1e-13 * energies[-1]
+    masses_c, centers_c = mf.find_clusters(mesh, st.rho)
+    assert len(masses_c) >= 1 and np.allclose(np.linalg.norm(centers_c, axis=1), 1.0)
