@@ -25,7 +25,25 @@ A case is a TOML file with the tables `[domain]`, `[model]`, `[initial]`, `[solv
 `[output]` and `[diagnostics]`. Every key is optional; missing keys take the defaults
 below, and the run directory's `case.toml` records the fully resolved case (every default
 filled in), so a run can be repeated with `meanfield run DIR/case.toml`. Unknown tables
-and keys are errors, never silently ignored. d is the ambient dimension (2 on the circle).
+and keys are errors, never silently ignored. d is the ambient dimension: 2 on the circle,
+3 on the sphere.
+
+A minimal sphere case:
+
+    [domain]
+    manifold = "sphere"
+    mesh = "icosahedral:3"
+
+    [model]
+    kind = "SA"
+    beta = 9.0
+
+    [initial]
+    kind = "modes"
+    modes = [{ l = 3, m = 2, amplitude = 0.05 }, { l = 4, m = 0, amplitude = 0.05 }]
+
+    [solver]
+    t_end = 10.0
 
 ## Keys
 
@@ -35,11 +53,25 @@ FOOTER = """
 
 Notes on what exists now:
 
-* Only `domain.manifold = "circle"` runs. The sphere keys (`domain.mesh`, sphere
-  `modes` `{l, m, amplitude}`) are validated, but a sphere case stops with exit status 2
-  ("sphere meshes are not available in this version yet").
+* Both manifolds run. `domain.cells` is used on the circle only, `domain.mesh` and
+  `domain.edge_points` on the sphere only; the others are still validated and recorded.
+* `domain.mesh`: `"icosahedral:LEVEL"` with LEVEL 0..10 (levels 0-6 ship in `meshes/`,
+  7-10 are generated on first use and cached in `$MEANFIELD_CACHE`, default
+  `~/.cache/meanfield`), or a surface mesh file. A relative file path is taken relative
+  to the **case file's** directory, also when it is given with `--set` (from the
+  repository root, `--set domain.mesh=$PWD/my_sphere.vtp` is the safe form); `case.toml`
+  records the absolute path. The file must surround the origin (any radius; vertices are
+  projected onto the unit sphere) and pass the mesh checks
+  ([numerics.md](numerics.md#the-sphere-triangles-with-great-circle-edges)); a broken mesh
+  is an input error (exit status 2) naming `domain.mesh`.
+* `domain.edge_points`: Gauss points per edge for the fluxes; 1 (the arc midpoint) is
+  second-order accurate and the default. Each extra point adds a full field evaluation's
+  worth of targets (cost proportional to `edge_points`).
 * `solver.backend`: `"direct"` and `"auto"` (which is `"direct"`) work; `"spectral"` is
   accepted by the schema but stops with exit status 2 (not available yet).
+* `model.kind = "USA"` with beta ||Q^T K||_2 > 669.8 is invalid input (exit status 2, key
+  `model.beta`): the unnormalized exponentials would overflow double precision. SA has no
+  such limit.
 * `solver.dt` and `solver.integrator` are for the particle solver, which does not exist
   yet; `meanfield run` validates and records them but does not use them. The PDE solver
   always uses SSP-RK3 with adaptive steps ([numerics.md](numerics.md#time-step)).
@@ -51,24 +83,32 @@ Notes on what exists now:
 The density is projected onto the cells by quadrature (degree
 `initial.quadrature_degree`) and normalized to mass 1, so only its shape matters.
 
-* `"uniform"`: 1/|S| (1/(2π) on the circle).
-* `"modes"`: (1 + Σ_j amplitude_j cos(k_j θ - phase_j)) / (2π) on the circle, with
+* `"uniform"`: 1/|S| (1/(2π) on the circle, 1/(4π) on the sphere).
+* `"modes"`: on the circle (1 + Σ_j amplitude_j cos(k_j θ - phase_j)) / (2π), with
   `modes = [{ k = 4, amplitude = 0.01, phase = 0.7 }, ...]` (`k >= 1` integer,
-  `phase` default 0). The density must stay nonnegative (a negative cell average is an
-  input error: reduce the amplitudes).
+  `phase` default 0). On the sphere (1 + Σ_j amplitude_j Y_{l_j m_j}(x)) / (4π), with
+  `modes = [{ l = 4, m = -2, amplitude = 0.05 }, ...]` (`l >= 0`, `-l <= m <= l`, `m`
+  default 0), Y_lm the **real orthonormal** spherical harmonics
+  (`meanfield.real_sph_harm`; Y_11 ∝ x, Y_1,-1 ∝ y, Y_10 ∝ z; convention in
+  [theory.md](theory.md#real-spherical-harmonics-the-convention)). Each mode grows or
+  decays at the rate of its degree ([theory.md](theory.md#linear-growth-rates-about-the-uniform-density)).
+  The density must stay nonnegative (a negative cell average is an input error: reduce
+  the amplitudes; on the sphere |Y_l0| reaches sqrt((2l+1)/(4π)), about 1 for l = 6).
 * `"vmf"`: a von Mises–Fisher mixture, density ∝ Σ_j w_j exp(kappa_j <c_j, x>) with
   `centers` (vectors of length d, normalized), `kappas` (>= 0) and `weights` (default all
   1), one per centre. The weights multiply the exponentials: they are not component
-  masses (on the circle component j has mass ∝ w_j I_0(kappa_j)).
+  masses (component j has mass ∝ w_j I_0(kappa_j) on the circle, ∝ w_j sinh(kappa_j)/kappa_j
+  on the sphere).
 * `"python"`: `function = "path/file.py:name"` (path relative to the case file) or
   `"package.module:name"`; the callable takes points (n, d) and returns densities (n,).
   Errors while importing or calling it are input errors (exit status 2).
-* `"points"`: an empirical measure, `points` (n, d) (normalized onto the circle) with
-  `weights` (default 1/n each), binned into the cell of the nearest centre.
+* `"points"`: an empirical measure, `points` (n, d) (normalized onto the circle or sphere)
+  with `weights` (default 1/n each), binned into the cell of the nearest centre.
 
 ## Overriding keys on the command line: `--set`
 
     meanfield run cases/circle_sa_clusters.toml --set model.beta=4 --set domain.cells=256
+    meanfield run cases/sphere_sa_clusters.toml --set domain.mesh=icosahedral:3
 
 `--set SECTION.KEY=VALUE` (repeatable) replaces one entry before validation. VALUE is read
 as a TOML value (`4`, `2.5`, `inf`, `true`, `"SA"`, `[[1, 0], [0, -1]]`,
@@ -83,7 +123,8 @@ by the Python API: `meanfield.load_case(path, ["model.beta=4"])`.
 
 Invalid input (unknown table or key, wrong type, value out of range, inconsistent
 `initial` entries, a missing or unreadable or malformed case file, a bad `initial.function`,
-an unwritable `--out` directory) stops `meanfield run` **before anything runs** with exit
+a broken or missing mesh file, a USA case that would overflow, an unwritable `--out`
+directory) stops `meanfield run` **before anything runs** with exit
 status **2** and one line on stderr naming the file, the dotted key and the reason, no
 traceback, e.g.
 
@@ -91,14 +132,17 @@ traceback, e.g.
     meanfield: error: --set: model.bta: unknown key (known: domain.manifold, ...)
     meanfield: error: cases/circle_consensus_beta0.toml: solver.scheme: must be one of 'upwind', 'muscl', got 'weno'
     meanfield: error: nope.toml: no such file
+    meanfield: error: --set: domain.mesh: "icosahedral:LEVEL" needs an integer LEVEL from 0 to 10, got 'icosahedral:11'
+    meanfield: error: cases/my.toml: domain.mesh: /data/open.vtp: the surface is not closed: edge (61, 69) [...] belongs to only one triangle (2); 3 boundary edges in all (triangles 2, 15, 63)
+    meanfield: error: --set: model.beta: USA attention overflows double precision when beta ||Q^T K||_2 > 669.8 (here 700); use model.kind = "SA" or a smaller beta
 
 A bad *value* given with `--set` is reported under the case file's name (the first
 example above came from `--set model.beta=-1`); an unknown `--set` key is reported as
 `--set`. In Python the same errors are `meanfield.CaseError` (attributes `source`, `key`,
 `reason`).
 
-A failure **during** the run (the density becomes non-finite, no admissible time step is
-found, or the USA field overflows, `FieldOverflowError`) gives exit status **1**, a line
+A failure **during** the run (the density becomes non-finite, or no admissible time step
+is found) gives exit status **1**, a line
 `meanfield: run failed: ...` on stderr, and the last good state (the last output time
 reached) in `DIR/last_good.npz`; see [outputs.md](outputs.md). In Python this is
 `meanfield.RunFailure`.

@@ -59,6 +59,9 @@ def render_sphere(path, mesh, density, title: str = "", arrows=None, window=(110
         plotter.add_text(f"{title}, {label}" if title else label, font_size=10, color="black")
         plotter.set_background("white")
         plotter.camera_position = [tuple(4.3 * np.asarray(position) / np.linalg.norm(position)), (0, 0, 0), (0, 0, 1)]
+        # orthographic views: each shows a full hemisphere, the two together the whole sphere
+        plotter.enable_parallel_projection()
+        plotter.camera.parallel_scale = 1.08
     path = Path(path)
     plotter.screenshot(str(path))
     plotter.close()

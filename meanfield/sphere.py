@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -608,18 +607,14 @@ def _read_npz(path: Path, level: int):
 
 
 def _write_npz_atomic(path: Path, vertices: np.ndarray, triangles: np.ndarray) -> None:
+    import io
+
+    from .output import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, vertices=vertices.astype(np.float64), triangles=triangles.astype(np.int32))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    buf = io.BytesIO()
+    np.savez_compressed(buf, vertices=vertices.astype(np.float64), triangles=triangles.astype(np.int32))
+    atomic_write(path, buf.getvalue())
 
 
 def load_icosahedral_arrays(level: int) -> tuple[np.ndarray, np.ndarray]:
