@@ -194,6 +194,20 @@ def dt_value(v, d=None):
         raise ValueError(f"must be \"auto\" or a number > 0, got {_show(v)}") from None
 
 
+def counts(v, d=None):
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"must be a nonempty array of particle numbers, got {_type_name(v)}")
+    return [integer(1, 10**8)(x) for x in v]
+
+
+def seed_list(v, d=None):
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("must not be empty")
+        return [integer(0)(x) for x in v]
+    return integer(1, 10**4)(v)
+
+
 @dataclass(frozen=True)
 class Key:
     check: Callable
@@ -241,6 +255,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "output": {
         "every": Key(real(0.0, lo_open=True), None, "time between snapshots (default t_end / 20)."),
         "plots": Key(boolean, True, "write PNG pictures at the end of the run."),
+    },
+    "particles": {
+        "n": Key(integer(1, 10**8), 1000, "`meanfield particles`: number of particles (`--n` overrides)."),
+        "seed": Key(integer(0), 0, "`meanfield particles`: seed of the sample (`--seed` overrides)."),
+    },
+    "compare": {
+        "particles": Key(counts, [256, 1024, 4096], "`meanfield compare`: particle numbers (`--particles N1,N2,...`)."),
+        "seeds": Key(seed_list, 4, "`meanfield compare`: number of seeds S (seeds 0..S-1) or an array of seeds (`--seeds`)."),
+        "metric": Key(choice("w1", "w2", "sinkhorn", "sliced", "mmd", "tv"), "w1",
+                      "`meanfield compare`: distance (`--metric`), see docs/particles.md."),
     },
     "diagnostics": {
         "cluster_contrast": Key(real(1.0, lo_open=True), 2.0, "a cluster is a connected region where rho exceeds contrast times the uniform density."),

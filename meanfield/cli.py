@@ -1,4 +1,9 @@
-"""Command line: ``meanfield run CASE.toml [--set KEY=VALUE ...] [--out DIR] [--quiet]``.
+"""Command line::
+
+    meanfield run CASE.toml [--set KEY=VALUE ...] [--out DIR] [--quiet]
+    meanfield particles CASE.toml [--n N] [--seed S] [--set ...] [--out DIR]
+    meanfield compare CASE.toml --particles N1,N2,... [--seeds S] [--metric NAME] [--set ...] [--out DIR]
+
 
 Exit status: 0 success; 2 invalid input (one line on stderr naming the file, the key and
 the reason, no traceback); 1 failure during the run (after saving the last good state).
@@ -25,12 +30,39 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="meanfield", description="Mean-field self-attention dynamics on the circle and the sphere.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="evolve the density of a case with the finite-volume solver")
-    r.add_argument("case", help="case file (TOML)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a case entry, e.g. --set model.beta=4 (repeatable)")
-    r.add_argument("--out", help="output directory (default: runs/<case name>)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    pa = sub.add_parser("particles", help="evolve n particles of the same model (sampled from the initial density)")
+    pa.add_argument("--n", type=str, help="number of particles (case key particles.n)")
+    pa.add_argument("--seed", type=str, help="seed of the sample (case key particles.seed)")
+    co = sub.add_parser("compare", help="distance between the PDE and particle runs for several n and seeds")
+    co.add_argument("--particles", type=str, metavar="N1,N2,...", help="particle numbers (case key compare.particles)")
+    co.add_argument("--seeds", type=str, metavar="S", help="number of seeds S (seeds 0..S-1) or a list a,b,c")
+    co.add_argument("--metric", type=str, help="w1, w2, sinkhorn, sliced, mmd or tv (case key compare.metric)")
+    for q in (r, pa, co):
+        q.add_argument("case", help="case file (TOML)")
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a case entry, e.g. --set model.beta=4 (repeatable)")
+        q.add_argument("--out", help="output directory (default: runs/<case name>)")
+        q.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     return p
+
+
+#: Command-line flags that set a case key: their values are validated as that key.
+FLAG_KEYS = {"n": "particles.n", "seed": "particles.seed", "particles": "compare.particles",
+             "seeds": "compare.seeds", "metric": "compare.metric"}
+
+
+def _flag_overrides(args) -> list[str]:
+    out = []
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if flag == "particles" or (flag == "seeds" and "," in value):
+            value = "[" + value + "]"
+        elif flag == "metric":
+            value = '"' + value.replace('"', "") + '"'
+        out.append(f"{key}={value}")
+    return out
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -72,8 +104,10 @@ def _one_line(text: str) -> str:
 def _error(kind: str, exc: Exception, case_path: str, set_keys: set) -> None:
     from .case import CaseError
 
-    if isinstance(exc, CaseError) and exc.key in set_keys and exc.source == str(Path(case_path)):
-        exc = CaseError("--set", exc.key, exc.reason)  # the value came from --set, not the file
+    flags = {key: f"--{flag}" for flag, key in FLAG_KEYS.items()}
+    if isinstance(exc, CaseError) and exc.key in set_keys and exc.source in (str(Path(case_path)), "--set"):
+        # the value came from the command line, not the file
+        exc = CaseError(flags.get(exc.key, "--set"), exc.key, exc.reason)
     sys.stderr.write(f"meanfield: {kind}: {_one_line(exc)}\n")
 
 
@@ -83,15 +117,26 @@ def main(argv=None) -> int:
     from .run import RunFailure, run_case
 
     _setup_logging(args.quiet)
-    set_keys: set = set()
+    flag_items = _flag_overrides(args)
+    set_keys: set = {key for key in FLAG_KEYS.values() if any(item.startswith(key + "=") for item in flag_items)}
     with warnings.catch_warnings():
         warnings.showwarning = _log_warning
         try:
-            case = load_case(args.case, args.overrides)
-            set_keys = {parse_override(item)[0] for item in args.overrides}
+            case = load_case(args.case, list(args.overrides) + flag_items)
+            set_keys |= {parse_override(item)[0] for item in args.overrides}
             out = Path(args.out) if args.out else Path("runs") / Path(args.case).stem
             progress = not args.quiet and sys.stderr.isatty()
-            run_case(case, out_dir=out, progress=progress, source=str(Path(args.case)))
+            source = str(Path(args.case))
+            if args.command == "run":
+                run_case(case, out_dir=out, progress=progress, source=source)
+            elif args.command == "particles":
+                from .particle_run import run_particles
+
+                run_particles(case, out_dir=out, progress=progress, source=source)
+            else:
+                from .particle_run import run_compare
+
+                run_compare(case, out_dir=out, progress=progress, source=source)
         except CaseError as exc:
             _error("error", exc, args.case, set_keys)
             return 2

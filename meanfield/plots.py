@@ -113,3 +113,62 @@ def write_run_plots(out_dir, mesh, result) -> list[Path]:
         for name, (t, rho) in (("initial.png", result.snapshots[0]), ("final.png", result.snapshots[-1])):
             paths.append(render_sphere(out_dir / name, mesh, rho, title=f"density at t = {t:g}"))
     return paths
+
+
+def plot_particles(path, mesh, points, weights, t: float, density=None) -> Path:
+    """Particles at time ``t`` over the PDE density (when given): on the circle a weighted
+    histogram of the particle angles against the density, on the sphere a rendering."""
+    path = Path(path)
+    if mesh.manifold == "sphere":
+        from .render import render_sphere
+        from .distances import bin_particles
+
+        shown = density if density is not None else bin_particles(mesh, points, weights) / mesh.areas
+        what = "PDE density" if density is not None else "particle histogram"
+        return render_sphere(path, mesh, shown, title=f"{len(points)} particles over the {what}, t = {t:g}",
+                             points=points)
+    plt = _pyplot()
+    theta = np.mod(np.arctan2(points[:, 1], points[:, 0]), 2 * np.pi)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bins = min(mesh.n_cells, max(16, int(np.sqrt(len(points)))))
+    ax.hist(theta, bins=bins, range=(0, 2 * np.pi), weights=weights, density=True, color="C0", alpha=0.6,
+            label=f"{len(points)} particles (histogram)")
+    if density is not None:
+        ax.plot(mesh.angles, density, color="C3", lw=1.5, label="PDE density")
+    ax.plot(theta, np.zeros_like(theta), "|", color="k", ms=8, alpha=0.4)
+    ax.set_xlabel("angle θ")
+    ax.set_ylabel("density")
+    ax.set_xticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
+    ax.set_title(f"t = {t:g}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_compare(path, rows) -> Path:
+    """Mean distance against n (log-log) at a few times, with a n^(-1/2) guide."""
+    plt = _pyplot()
+    ns = np.array(sorted({r["n"] for r in rows}), dtype=float)
+    times = sorted({r["t"] for r in rows})
+    pick = sorted({times[0], times[len(times) // 2], times[-1]})
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for t in pick:
+        sel = [r for r in rows if r["t"] == t]
+        means = np.array([np.mean([r["distance"] for r in sel if r["n"] == n]) for n in ns])
+        spread = np.array([np.std([r["distance"] for r in sel if r["n"] == n]) for n in ns])
+        ax.errorbar(ns, means, yerr=spread, marker="o", capsize=3, label=f"t = {t:g}")
+    if len(ns) > 1 and rows:
+        ref = np.mean([r["distance"] for r in rows if r["n"] == ns[0]])
+        ax.plot(ns, ref * (ns / ns[0]) ** -0.5, "k--", lw=1, label="n^(-1/2)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of particles n")
+    ax.set_ylabel(f"{rows[0]['metric'] if rows else ''} distance to the PDE")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -17,7 +17,7 @@ __all__ = ["render_sphere"]
 VIEWS = (((2.0, 1.0, 1.0), "seen from (2, 1, 1)"), ((-2.0, -1.0, -1.0), "seen from (-2, -1, -1)"))
 
 
-def render_sphere(path, mesh, density, title: str = "", arrows=None, window=(1100, 560)) -> Path:
+def render_sphere(path, mesh, density, title: str = "", arrows=None, points=None, window=(1100, 560)) -> Path:
     """Write a PNG of a cell density on a sphere mesh from two opposite view points.
 
     Parameters
@@ -27,6 +27,7 @@ def render_sphere(path, mesh, density, title: str = "", arrows=None, window=(110
     density : array_like, shape (N,) -- shown on a log colour scale when it spans more
         than two decades.
     arrows : optional (N, 3) velocity drawn as glyphs at (a subset of) the cell centres.
+    points : optional (n, 3) particle positions drawn as dots just above the surface.
     """
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     import pyvista as pv
@@ -56,6 +57,9 @@ def render_sphere(path, mesh, density, title: str = "", arrows=None, window=(110
             pts["velocity"] = vel[::step]
             scale = 0.08 / max(speed.max(), 1e-300)
             plotter.add_mesh(pts.glyph(orient="velocity", scale="velocity", factor=scale), color="cyan")
+        if points is not None:
+            plotter.add_points(np.asarray(points, dtype=float) * 1.01, color="deepskyblue", point_size=4,
+                               render_points_as_spheres=True)
         plotter.add_text(f"{title}, {label}" if title else label, font_size=10, color="black")
         plotter.set_background("white")
         plotter.camera_position = [tuple(4.3 * np.asarray(position) / np.linalg.norm(position)), (0, 0, 0), (0, 0, 1)]

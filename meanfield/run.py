@@ -110,16 +110,56 @@ def _snapshot_arrays(sim: Simulation, state: State) -> dict:
     }
 
 
-def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") -> RunResult:
-    """Run a resolved case. Writes outputs to ``out_dir`` when given (else nothing).
+class PdeRun:
+    """Adapter of a :class:`Simulation` to :func:`drive` (the finite-volume run)."""
 
-    Raises :class:`CaseError` for invalid input (before anything runs) and
-    :class:`RunFailure` for a failure during the run, after saving the last good state
-    to ``last_good.npz``.
+    def __init__(self, sim: Simulation, state: State, criterion: diag.ClusterCriterion):
+        self.sim, self.state, self.criterion = sim, state, criterion
+        self.mesh = sim.mesh
+        self.snapshots: list[tuple[float, np.ndarray]] = []
+
+    def describe(self) -> str:
+        sim = self.sim
+        return (f"{self.mesh.manifold}, {self.mesh.n_cells} cells; {sim.model.kind} beta={sim.model.beta:g}; "
+                f"scheme {sim.fv.scheme}, backend {sim.fv.field.name}")
+
+    def advance(self, t_out, on_step):
+        self.sim.advance(self.state, t_out, on_step)
+
+    def snapshot(self):
+        state, mesh = self.state, self.mesh
+        arrays = _snapshot_arrays(self.sim, state)
+        clusters = diag.find_clusters(mesh, state.rho, self.criterion)
+        arrays["cluster_masses"], arrays["cluster_centers"] = clusters
+        row = diag.compute(mesh, self.sim.model, state.rho, arrays["velocity"], state.t, state.steps, self.criterion,
+                           clusters)
+        self.snapshots.append((state.t, state.rho.copy()))
+        return arrays, row
+
+    def polydata(self, arrays):
+        from .vtk_output import surface_polydata
+
+        return surface_polydata(self.mesh, {k: arrays[k] for k in VTK_FIELDS})
+
+    def checkpoint(self) -> dict:
+        rho = self.state.rho.copy()
+        mesh = self.mesh
+        return {"t": np.float64(self.state.t), "points": mesh.centers, "masses": rho * mesh.areas, "areas": mesh.areas,
+                "density": rho}
+
+    def summary(self) -> str:
+        return f"{self.state.steps} steps ({self.sim.rejected} rejected)"
+
+
+def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>", label: str = "meanfield"):
+    """The time loop shared by every kind of run: snapshots at the output times, the
+    progress bar, the output files, and on failure ``last_good.npz`` and :class:`RunFailure`.
+
+    ``run`` provides ``describe()``, ``advance(t_out, on_step)``, ``snapshot() -> (arrays,
+    row)``, ``polydata(arrays)``, ``checkpoint() -> arrays``, ``summary()``, ``mesh`` and
+    ``state`` (with ``t`` and ``steps``). Returns the diagnostics rows.
     """
-    sim, state = build_simulation(case, source)
     times = output_times(case["solver"]["t_end"], case["output"]["every"])
-    criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
     writer = RunWriter(out_dir) if out_dir is not None else None
     if writer is not None:
         try:
@@ -127,20 +167,17 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") 
         except OSError as exc:
             raise CaseError("--out", str(out_dir), f"output directory is not writable: {exc}") from None
         writer.write_case(dump_case(case))
-    mesh = sim.mesh
-    log.info("meanfield: %s, %d cells; %s beta=%g; scheme %s, backend %s; t_end=%g, %d snapshots%s",
-             mesh.manifold, mesh.n_cells, sim.model.kind, sim.model.beta, sim.fv.scheme, sim.fv.field.name,
-             times[-1], len(times), f" -> {out_dir}" if out_dir is not None else "")
-    result = RunResult(state=state, out_dir=Path(out_dir) if out_dir is not None else None)
+    log.info("%s: %s; t_end=%g, %d snapshots%s", label, run.describe(), times[-1], len(times),
+             f" -> {out_dir}" if out_dir is not None else "")
+    rows: list[dict] = []
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=times[-1], unit="t", file=sys.stderr, dynamic_ncols=True,
                    bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}] {postfix}")
-
     vtk = None
-    if writer is not None and mesh.manifold == "sphere":
+    if writer is not None and run.mesh.manifold == "sphere":
         from .vtk_output import VtkSeries
 
         vtk = VtkSeries(writer.dir)
@@ -152,27 +189,21 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") 
             bar.update(0)
 
     def snapshot(index):
-        arrays = _snapshot_arrays(sim, state)
-        clusters = diag.find_clusters(mesh, state.rho, criterion)
-        arrays["cluster_masses"], arrays["cluster_centers"] = clusters
-        row = diag.compute(mesh, sim.model, state.rho, arrays["velocity"], state.t, state.steps, criterion, clusters)
-        result.rows.append(row)
-        result.snapshots.append((state.t, state.rho.copy()))
+        arrays, row = run.snapshot()
+        rows.append(row)
         if writer is not None:
             writer.write_snapshot(index, arrays, row)
             if vtk is not None:
-                from .vtk_output import surface_polydata
-
-                vtk.write(index, state.t, surface_polydata(mesh, {k: arrays[k] for k in VTK_FIELDS}))
+                vtk.write(index, row["t"], run.polydata(arrays))
         return arrays
 
     wall = time.perf_counter()
-    last_good = State(state.t, state.rho.copy(), state.steps)
+    last_good = run.checkpoint()
     try:
         arrays = snapshot(0)
         for index, t_out in enumerate(times[1:], start=1):
-            sim.advance(state, t_out, on_step)
-            last_good = State(state.t, state.rho.copy(), state.steps)
+            run.advance(t_out, on_step)
+            last_good = run.checkpoint()
             arrays = snapshot(index)
     except Exception as exc:
         # NonFiniteStateError and FieldOverflowError are the expected failures; anything
@@ -183,23 +214,37 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") 
         reason = str(exc) if isinstance(exc, (NonFiniteStateError, FieldOverflowError)) else f"{type(exc).__name__}: {exc}"
         where = ""
         if writer is not None:
-            lg = {"t": np.float64(last_good.t), "points": mesh.centers, "masses": last_good.rho * mesh.areas,
-                  "areas": mesh.areas, "density": last_good.rho}
+            t_good = float(last_good["t"])
             try:
-                path = writer.write_npz("last_good.npz", lg)
-                where = f"; last good state (t={last_good.t:.6g}) saved to {path}"
+                path = writer.write_npz("last_good.npz", last_good)
+                where = f"; last good state (t={t_good:.6g}) saved to {path}"
             except OSError as write_exc:
-                where = f"; could not save the last good state (t={last_good.t:.6g}): {write_exc}"
+                where = f"; could not save the last good state (t={t_good:.6g}): {write_exc}"
         raise RunFailure(f"{reason}{where}") from exc
     if bar is not None:
         bar.close()
     if writer is not None:
         writer.write_npz("final.npz", arrays)
-        if case["output"]["plots"]:
-            from . import plots
+    log.info("done: t=%g in %s, %.2f s; mass %.16g, min density %.3e, %d clusters", run.state.t, run.summary(),
+             time.perf_counter() - wall, rows[-1]["mass"], rows[-1]["min_density"], rows[-1]["n_clusters"])
+    return rows
 
-            plots.write_run_plots(writer.dir, mesh, result)
-    log.info("done: t=%g in %d steps (%d rejected), %.2f s; mass %.16g, min density %.3e, %d clusters",
-             state.t, state.steps, sim.rejected, time.perf_counter() - wall, result.rows[-1]["mass"],
-             result.rows[-1]["min_density"], result.rows[-1]["n_clusters"])
+
+def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") -> RunResult:
+    """Run a resolved case. Writes outputs to ``out_dir`` when given (else nothing).
+
+    Raises :class:`CaseError` for invalid input (before anything runs) and
+    :class:`RunFailure` for a failure during the run, after saving the last good state
+    to ``last_good.npz``.
+    """
+    sim, state = build_simulation(case, source)
+    criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
+    run = PdeRun(sim, state, criterion)
+    rows = drive(run, case, out_dir, progress, source)
+    result = RunResult(state=state, rows=rows, out_dir=Path(out_dir) if out_dir is not None else None,
+                       snapshots=run.snapshots)
+    if out_dir is not None and case["output"]["plots"]:
+        from . import plots
+
+        plots.write_run_plots(out_dir, sim.mesh, result)
     return result

@@ -1,0 +1,223 @@
+"""``meanfield particles`` and ``meanfield compare``: the n-particle system of a case, and
+its distance to the PDE solution.
+
+Particle runs write the same files as PDE runs (:func:`meanfield.run.drive`): ``points``
+are the particle positions and ``masses`` their weights (no ``areas``). Diagnostics that
+need a density (``min_density``, ``max_density``, ``n_clusters``) use the histogram of the
+particles binned into cells (:func:`histogram_mesh`: the case's kind of mesh, coarse
+enough for about 64 particles per cell), so clusters mean the same thing for particles
+and PDE.
+
+``compare`` runs the PDE once and the particles for every ``n`` and seed to the same
+output times, and writes ``compare.csv`` (``t, n, seed, metric, distance``), a table of
+the mean distance per ``n`` and time with the fitted exponent of ``distance ~ n^a``, and
+``compare.png`` (log-log) plus ``particles.png`` (particles over the PDE density).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import diagnostics as diag
+from .attention import energy
+from .case import CaseError
+from .distances import bin_particles, distance
+from .initial import InitialDataError
+from .output import atomic_write
+from .particles import ParticleState, ParticleSystem
+from .run import build_mesh, build_model, drive, run_case
+from .sampling import sample
+from .solver import make_field
+
+__all__ = ["ParticleRun", "build_particles", "run_particles", "run_compare", "fit_exponent"]
+
+log = logging.getLogger("meanfield")
+
+
+def build_particles(case: dict, n: int | None = None, seed: int | None = None, source="<case>"):
+    """``(mesh, system, state)`` for a resolved case; ``n``/``seed`` default to ``[particles]``."""
+    mesh = build_mesh(case, source)
+    model = build_model(case, mesh.d)
+    s = case["solver"]
+    n = case["particles"]["n"] if n is None else n
+    seed = case["particles"]["seed"] if seed is None else seed
+    if case["initial"]["kind"] == "points":
+        n = None  # the given points
+    try:
+        x, w = sample(case["initial"], mesh.d, n, seed)
+    except (InitialDataError, ValueError) as exc:
+        key = {"python": "initial.function", "points": "initial.points"}.get(case["initial"]["kind"], "initial.kind")
+        raise CaseError(source, key, str(exc)) from None
+    system = ParticleSystem(make_field(model, s["backend"]), integrator=s["integrator"], dt=s["dt"], cfl=s["cfl"],
+                            rate_cfl=s["rate_cfl"], dt_max=s["dt_max"])
+    return mesh, system, ParticleState.create(x, w)
+
+
+def histogram_mesh(mesh, n: int):
+    """The cells the particle histogram is binned into for diagnostics: about 64 or more
+    particles per cell, so sampling noise (relative size ~ 1/sqrt(particles per cell))
+    stays well below the cluster contrast; never finer than the case's mesh."""
+    from .mesh import CircleMesh
+
+    if mesh.manifold == "circle":
+        return CircleMesh(max(8, min(mesh.n_cells, n // 64)))
+    from .sphere import icosahedral
+
+    level = 0
+    while 20 * 4 ** (level + 1) <= min(n // 64, mesh.n_cells):
+        level += 1
+    return icosahedral(level)
+
+
+class ParticleRun:
+    """Adapter of a :class:`ParticleSystem` to :func:`meanfield.run.drive`.
+
+    ``mesh`` is the case's mesh (pictures, VTK); the diagnostics bin the particles into
+    :func:`histogram_mesh` cells.
+    """
+
+    def __init__(self, mesh, system: ParticleSystem, state: ParticleState, criterion: diag.ClusterCriterion):
+        self.mesh, self.system, self.state, self.criterion = mesh, system, state, criterion
+        self.bins = histogram_mesh(mesh, state.n)
+        self.snapshots: list[tuple[float, np.ndarray, np.ndarray]] = []
+
+    def describe(self) -> str:
+        m = self.system.model
+        return (f"{self.state.n} particles on {self.mesh.manifold}; {m.kind} beta={m.beta:g}; "
+                f"{self.system.integrator.name}, dt={self.system.dt}, backend {self.system.field.name}")
+
+    def advance(self, t_out, on_step):
+        self.system.advance(self.state, t_out, on_step)
+
+    def snapshot(self):
+        st, mesh = self.state, self.mesh
+        v = self.system.velocity(st)
+        hist = bin_particles(self.bins, st.x, st.weights) / self.bins.areas
+        clusters = diag.find_clusters(self.bins, hist, self.criterion)
+        arrays = {"t": np.float64(st.t), "points": st.x.copy(), "masses": st.weights.copy(), "velocity": v,
+                  "cluster_masses": clusters[0], "cluster_centers": clusters[1]}
+        row = {
+            "t": float(st.t),
+            "mass": math.fsum(st.weights),
+            "min_density": float(hist.min()),
+            "max_density": float(hist.max()),
+            "energy": energy(self.system.model, st.x, st.weights),
+            "order_parameter": float(np.linalg.norm(st.weights @ st.x)),
+            "n_clusters": int(len(clusters[0])),
+            "max_speed": float(np.sqrt(np.max(np.sum(v**2, axis=1)))),
+            "steps": int(st.steps),
+        }
+        self.snapshots.append((st.t, st.x.copy(), st.weights.copy()))
+        return arrays, row
+
+    def polydata(self, arrays):
+        import pyvista as pv
+
+        cloud = pv.PolyData(np.asarray(arrays["points"], dtype=float))
+        cloud.point_data["weights"] = arrays["masses"]
+        cloud.point_data["velocity"] = arrays["velocity"]
+        return cloud
+
+    def checkpoint(self) -> dict:
+        return {"t": np.float64(self.state.t), "points": self.state.x.copy(), "masses": self.state.weights.copy()}
+
+    def summary(self) -> str:
+        return f"{self.state.steps} steps"
+
+
+def _criterion(case):
+    return diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
+
+
+def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | None = None, progress: bool = False,
+                  source="<case>", label: str = "meanfield particles") -> ParticleRun:
+    """Run the particle system of a resolved case (``--n``, ``--seed`` override ``[particles]``)."""
+    chosen = dict(case["particles"])
+    chosen.update({k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
+    case = {**case, "particles": chosen}  # the resolved case.toml repeats this run
+    mesh, system, state = build_particles(case, source=source)
+    run = ParticleRun(mesh, system, state, _criterion(case))
+    run.rows = drive(run, case, out_dir, progress, source, label=label)
+    if out_dir is not None and case["output"]["plots"]:
+        from . import plots
+
+        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows)
+        t, x, w = run.snapshots[-1]
+        plots.plot_particles(Path(out_dir) / "particles.png", mesh, x, w, t=t)
+    return run
+
+
+def fit_exponent(ns, values) -> float:
+    """Least-squares slope of ``log(value)`` against ``log(n)`` (nan with fewer than 2 n)."""
+    ns, values = np.asarray(ns, dtype=float), np.asarray(values, dtype=float)
+    ok = values > 0
+    if np.unique(ns[ok]).size < 2:
+        return math.nan
+    return float(np.polyfit(np.log(ns[ok]), np.log(values[ok]), 1)[0])
+
+
+def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = None, progress: bool = False,
+                source="<case>"):
+    """Run the PDE once and the particles for each ``n`` and seed; write ``compare.csv``.
+
+    Returns the rows ``{"t", "n", "seed", "metric", "distance"}``.
+    """
+    comp = case["compare"]
+    ns = list(comp["particles"] if ns is None else ns)
+    seeds = comp["seeds"] if seeds is None else seeds
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    metric = comp["metric"] if metric is None else metric
+    if case["initial"]["kind"] == "points":
+        raise CaseError(source, "initial.kind", "compare samples n particles from a density; \"points\" gives fixed points")
+    case = {**case, "compare": {"particles": ns, "seeds": seeds, "metric": metric}}
+    out = Path(out_dir)
+    pde = run_case(case, out_dir=out / "pde", progress=progress, source=source)
+    mesh = build_mesh(case, source)
+    masses = {round(t, 12): rho * mesh.areas for t, rho in pde.snapshots}
+    rows = []
+    last = None
+    for n in ns:
+        for seed in seeds:
+            part = run_particles(case, out_dir=None, n=n, seed=seed, progress=False, source=source,
+                                 label=f"particles n={n} seed={seed}")
+            for t, x, w in part.snapshots:
+                dist = distance(metric, mesh, masses[round(t, 12)], x, w)
+                rows.append({"t": t, "n": n, "seed": seed, "metric": metric, "distance": dist})
+            last = part.snapshots[-1]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["t", "n", "seed", "metric", "distance"], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "t": repr(row["t"]), "distance": repr(row["distance"])})
+    atomic_write(out / "compare.csv", buf.getvalue())
+    table = summary_table(rows)
+    log.info("%s", table)
+    atomic_write(out / "compare.txt", table + "\n")
+    if case["output"]["plots"]:
+        from . import plots
+
+        plots.plot_compare(out / "compare.png", rows)
+        t, x, w = last
+        plots.plot_particles(out / "particles.png", mesh, x, w, t=t, density=pde.snapshots[-1][1])
+    return rows
+
+
+def summary_table(rows) -> str:
+    """Mean distance per n (columns) and time (rows), and the fitted exponent per time."""
+    ns = sorted({r["n"] for r in rows})
+    times = sorted({r["t"] for r in rows})
+    metric = rows[0]["metric"] if rows else ""
+    head = f"{'t':>8} " + " ".join(f"{'n=' + str(n):>12}" for n in ns) + f" {'exponent':>9}"
+    lines = [f"mean {metric} distance between the PDE and n particles (over seeds); exponent a in distance ~ n^a",
+             head]
+    for t in times:
+        means = [np.mean([r["distance"] for r in rows if r["t"] == t and r["n"] == n]) for n in ns]
+        a = fit_exponent(ns, means)
+        lines.append(f"{t:8.4g} " + " ".join(f"{m:12.4e}" for m in means) + f" {a:9.3f}")
+    return "\n".join(lines)
