@@ -244,7 +244,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "solver": {
         "scheme": Key(choice("upwind", "muscl"), "muscl", "finite-volume scheme."),
-        "backend": Key(choice("direct", "spectral", "auto"), "auto", "nonlocal convolution backend."),
+        "backend": Key(choice("direct", "spectral", "auto"), "auto", "nonlocal convolution backend: exact sums, "
+                       "Fourier / spherical-harmonic expansion, or the cheaper of the two for the problem size."),
+        "tolerance": Key(real(1e-15, 1e-2), 1e-12, "relative accuracy of the spectral backend."),
         "t_end": Key(real(0.0, lo_open=True), 10.0, "final time."),
         "cfl": Key(real(0.0, 1.0, lo_open=True), 0.4, "transport CFL number (positivity guaranteed <= 0.5 for muscl, <= 1 for upwind)."),
         "rate_cfl": Key(real(0.0, 1.0, lo_open=True), 0.1, "step bound dt <= rate_cfl / sigma_max, sigma_max the interaction rate."),

@@ -54,7 +54,11 @@ def build_particles(case: dict, n: int | None = None, seed: int | None = None, s
     except (InitialDataError, ValueError) as exc:
         key = {"python": "initial.function", "points": "initial.points"}.get(case["initial"]["kind"], "initial.kind")
         raise CaseError(source, key, str(exc)) from None
-    system = ParticleSystem(make_field(model, s["backend"]), integrator=s["integrator"], dt=s["dt"], cfl=s["cfl"],
+    try:
+        field = make_field(model, s["backend"], s["tolerance"], n_targets=len(x), n_sources=len(x))
+    except ValueError as exc:
+        raise CaseError(source, "solver.backend", str(exc)) from None
+    system = ParticleSystem(field, integrator=s["integrator"], dt=s["dt"], cfl=s["cfl"],
                             rate_cfl=s["rate_cfl"], dt_max=s["dt_max"])
     return mesh, system, ParticleState.create(x, w)
 

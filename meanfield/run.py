@@ -62,15 +62,16 @@ def build_simulation(case: dict, source="<case>") -> tuple[Simulation, State]:
     mesh = build_mesh(case, source)
     model = build_model(case, mesh.d)
     s = case["solver"]
-    if s["backend"] == "spectral":
-        raise CaseError(source, "solver.backend", "the spectral backend is not available in this version; use \"direct\" or \"auto\"")
     if not model.normalized:
         top = float(np.linalg.norm(model.interaction, 2))
         if top > USA_LOGIT_LIMIT:
             raise CaseError(source, "model.beta", f"USA attention overflows double precision when beta ||Q^T K||_2 > "
                             f"{USA_LOGIT_LIMIT:.1f} (here {top:.4g}); use model.kind = \"SA\" or a smaller beta")
-    sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
-                     dt_max=s["dt_max"])
+    try:
+        sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
+                         dt_max=s["dt_max"], tolerance=s["tolerance"])
+    except ValueError as exc:
+        raise CaseError(source, "solver.backend", str(exc)) from None
     try:
         rho0 = project(mesh, case["initial"])
     except InitialDataError as exc:

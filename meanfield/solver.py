@@ -39,11 +39,38 @@ class State:
     steps: int = 0
 
 
-def make_field(model: AttentionModel, backend: str = "auto"):
-    """The attention-field backend named ``backend`` for ``model``."""
-    if backend in ("direct", "auto"):
+def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 1e-12, n_targets: int | None = None,
+               n_sources: int | None = None):
+    """The attention-field backend named ``backend`` for ``model``.
+
+    ``"direct"``: exact blocked sums. ``"spectral"``: truncated Fourier (S^1, any 2 x 2
+    Q, K, V; :mod:`meanfield.spectral_circle`) or spherical-harmonic expansions (S^2,
+    isotropic models; :mod:`meanfield.spectral_sphere`), accurate to ``tolerance``
+    relative; a ``ValueError`` where no spectral backend exists for the model. ``"auto"``:
+    spectral where it exists and its estimated cost for ``n_targets`` x ``n_sources`` is
+    below half the direct cost, else direct.
+    """
+    if backend == "direct":
         return DirectField(model)
-    raise ValueError(f"backend {backend!r} is not available (available: 'direct', 'auto')")
+    if backend not in ("spectral", "auto"):
+        raise ValueError(f"unknown backend {backend!r} (choose 'direct', 'spectral' or 'auto')")
+    if model.d == 2:
+        from . import spectral_circle as spectral
+    elif model.d == 3 and model.isotropic() is not None:
+        from . import spectral_sphere as spectral
+    else:
+        if backend == "spectral":
+            why = "Q^T K = c I and V = v I" if model.d == 3 else "the circle or the sphere"
+            raise ValueError(f"the spectral backend needs {why}; use 'direct' or 'auto'")
+        return DirectField(model)
+    if backend == "auto":
+        if n_targets is None or n_sources is None:
+            return DirectField(model)
+        cost = spectral.spectral_cost(model, n_targets, n_sources, tolerance)
+        if not cost < 0.5 * n_targets * n_sources:
+            return DirectField(model)
+    cls = spectral.SpectralCircleField if model.d == 2 else spectral.SpectralSphereField
+    return cls(model, tolerance=tolerance)
 
 
 class Simulation:
@@ -59,19 +86,25 @@ class Simulation:
         Backend; default :func:`make_field` ``(model, backend)``.
     cfl, rate_cfl, dt_max : float
         Step bounds (see module docstring).
+    backend, tolerance :
+        Field backend when ``field`` is not given (:func:`make_field`).
     integrator : SSPRK
         Time integrator (default SSP-RK3).
     """
 
     def __init__(self, mesh: Mesh, model: AttentionModel, scheme: str = "muscl", field=None, backend: str = "auto",
-                 cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, integrator: SSPRK = SSPRK3):
+                 cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, integrator: SSPRK = SSPRK3,
+                 tolerance: float = 1e-12):
         if mesh.d != model.d:
             raise ValueError(f"model is for d = {model.d} but the mesh lives in R^{mesh.d}")
         if not 0 < cfl <= 1:
             raise ValueError(f"cfl must be in (0, 1], got {cfl}")
         self.mesh = mesh
         self.model = model
-        self.fv = FiniteVolume(mesh, field if field is not None else make_field(model, backend), scheme)
+        if field is None:
+            field = make_field(model, backend, tolerance, n_targets=mesh.edge_points.shape[0] * mesh.edge_points.shape[1],
+                               n_sources=mesh.n_cells)
+        self.fv = FiniteVolume(mesh, field, scheme)
         self.cfl = cfl
         self.rate_cfl = rate_cfl
         self.dt_max = dt_max

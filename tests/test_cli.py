@@ -196,7 +196,11 @@ FILE_ERRORS = [
     ({"initial": {"kind": "python", "function": "dens.py:nope"}}, "initial.function", "'nope'"),
     ({"initial": {"kind": "python", "function": "dens.py:boom"}}, "initial.function", "kaboom from the user function"),
     ({"initial": {"kind": "python", "function": "no_such_module_xyz:f"}}, "initial.function", "cannot import"),
-    ({"solver": {"backend": "spectral"}}, "solver.backend", "not available"),
+    ({"solver": {"backend": "spectral"}, "domain": {"manifold": "sphere", "mesh": "icosahedral:1"},
+      "model": {"V": [[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}, "initial": {"kind": "uniform", "modes": []}},
+     "solver.backend", "needs Q^T K = c I"),
+    ({"domain": {"mesh": "icosahedral:x", "manifold": "sphere"}, "initial": {"kind": "uniform", "modes": []}}, "domain.mesh",
+     "LEVEL"),
 ]
 
 
@@ -375,7 +379,7 @@ def _patch_field(monkeypatch, after, mode="always"):
     counter = [0]
     original = meanfield.solver.make_field
     monkeypatch.setattr(meanfield.solver, "make_field",
-                        lambda model, backend="auto": _NaNAfter(original(model, backend), after, counter, mode))
+                        lambda model, *args, **kwargs: _NaNAfter(original(model, "direct"), after, counter, mode))
     return counter
 
 
