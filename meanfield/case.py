@@ -476,6 +476,8 @@ def dump_case(case: dict) -> dict:
 def _toml_value(v) -> str:
     import tomli_w
 
+    if isinstance(v, list):  # tomli_w writes a non-empty array over several lines
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger("meanfield")
 def build_particles(case: dict, n: int | None = None, seed: int | None = None, source="<case>"):
     """``(mesh, system, state)`` for a resolved case; ``n``/``seed`` default to ``[particles]``."""
     mesh = build_mesh(case, source)
-    model = build_model(case, mesh.d)
+    model = build_model(case, mesh.d, source)
     s = case["solver"]
     n = case["particles"]["n"] if n is None else n
     seed = case["particles"]["seed"] if seed is None else seed

@@ -85,7 +85,8 @@ def plot_diagnostics(path, rows: list[dict], title: str = "") -> Path:
     ax.set_ylabel("order parameter")
     ax = axes[1, 0]
     ax.semilogy(t, get("max_density"), label="max")
-    ax.semilogy(t, np.maximum(get("min_density"), 1e-300), label="min")
+    floor = get("max_density").max() * 1e-16  # an emptied region would otherwise span 300 decades
+    ax.semilogy(t, np.maximum(get("min_density"), floor), label="min")
     ax.set_ylabel("density")
     ax.legend()
     ax.set_xlabel("t")

@@ -52,21 +52,23 @@ def build_mesh(case: dict, source="<case>") -> Mesh:
         raise CaseError(source, "domain.mesh", str(exc)) from None
 
 
-def build_model(case: dict, d: int) -> AttentionModel:
+def build_model(case: dict, d: int, source="<case>") -> AttentionModel:
+    """The attention model of a case; USA that must overflow is invalid input."""
     m = case["model"]
-    return AttentionModel(d=d, beta=m["beta"], Q=m["Q"], K=m["K"], V=m["V"], normalized=m["kind"] == "SA")
-
-
-def build_simulation(case: dict, source="<case>") -> tuple[Simulation, State]:
-    """The simulation and its initial state for a resolved case."""
-    mesh = build_mesh(case, source)
-    model = build_model(case, mesh.d)
-    s = case["solver"]
+    model = AttentionModel(d=d, beta=m["beta"], Q=m["Q"], K=m["K"], V=m["V"], normalized=m["kind"] == "SA")
     if not model.normalized:
         top = float(np.linalg.norm(model.interaction, 2))
         if top > USA_LOGIT_LIMIT:
             raise CaseError(source, "model.beta", f"USA attention overflows double precision when beta ||Q^T K||_2 > "
                             f"{USA_LOGIT_LIMIT:.1f} (here {top:.4g}); use model.kind = \"SA\" or a smaller beta")
+    return model
+
+
+def build_simulation(case: dict, source="<case>") -> tuple[Simulation, State]:
+    """The simulation and its initial state for a resolved case."""
+    mesh = build_mesh(case, source)
+    model = build_model(case, mesh.d, source)
+    s = case["solver"]
     try:
         sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
                          dt_max=s["dt_max"], tolerance=s["tolerance"])

@@ -1,0 +1,401 @@
+"""Spectral attention field on S^2 for the isotropic kernel (Funk--Hecke).
+
+For ``Q^T K = c I`` and ``V = v I`` the attention kernel is zonal: with ``b = beta c``
+
+.. math::
+
+    \\Phi(x) = \\sum_j w_j e^{b \\langle x, y_j\\rangle}, \\qquad
+    P_x\\Big(\\sum_j w_j e^{b\\langle x, y_j\\rangle} v\\, y_j\\Big) = \\frac{v}{b}\\, \\nabla_S \\Phi(x),
+
+so the USA field is ``X = (v/b) grad_S Phi`` and the SA field is
+``X = (v/b) grad_S Phi / Phi = (v/b) grad_S log Phi``. Funk--Hecke diagonalizes the kernel,
+
+.. math::
+
+    e^{b\\langle x, y\\rangle} = \\sum_{l \\ge 0} 4\\pi\\, i_l(b) \\sum_{m=-l}^{l} Y_{lm}(x)\\, \\overline{Y_{lm}(y)},
+
+(``i_l`` the modified spherical Bessel function, ``i_l(-b) = (-1)^l i_l(b)``), so
+
+1. ``a_lm = sum_j w_j conj(Y_lm(y_j))``: an adjoint spherical-harmonic synthesis at the
+   source points (ducc0 ``adjoint_synthesis_general``, spin 0) -- the exact moments of the
+   discrete measure, no quadrature;
+2. multiply by ``lambda_l = 4 pi i_l(b)``, truncated at ``lmax`` chosen from ``b`` and the
+   tolerance;
+3. synthesize ``Phi`` (spin 0) and ``grad_S Phi`` (spin 1, ducc0 mode ``"DERIV1"``: the
+   components ``(d/dtheta, 1/sin(theta) d/dphi)`` in the local frame ``(e_theta, e_phi)``)
+   at the target points (``synthesis_general``).
+
+Cost: ``O((N + M) s^2 + lmax^2 log lmax)`` (ducc0 spreads each point onto an oversampled
+``~(2 lmax)^2`` Fourier grid with a kernel of width ``s ~ 14`` at double precision; see
+:func:`spectral_cost`), against ``O(N M)`` for :class:`~meanfield.attention.DirectField`;
+``lmax`` grows like ``sqrt(2 |b| log(1/tol))``.
+
+Scaling. All coefficients are carried as ``lambda_l e^{-|b|}``, so the scaled potential
+``Phi_s = Phi e^{-|b|}`` never exceeds the total weight ``W``. The factor cancels in SA; USA
+multiplies it back and raises :class:`~meanfield.attention.FieldOverflowError` when
+``|b|`` exceeds :data:`~meanfield.attention.USA_LOGIT_LIMIT` (the spectral backend cannot see
+individual logits, so it applies the direct backend's limit to the largest possible logit,
+``|b|``) or the result is not finite.
+
+SA accuracy and the direct fallback. The transforms are accurate to a small multiple of
+``eta`` (the NUFFT accuracy, plus round-off) *relative to the coefficient bounds*
+``B_Phi = sum_l |lambda_l| e^{-|b|} sqrt((2l+1)/4pi) |a_l|`` and
+``B_g = sum_l |lambda_l| e^{-|b|} sqrt(l(l+1)(2l+1)/4pi) |a_l|`` (``|a_l|`` the l2 norm over
+``m``), which bound ``Phi_s`` and ``|grad Phi_s|`` everywhere. ``grad Phi / Phi`` therefore
+loses relative accuracy wherever ``Phi_s(x)`` is small compared with ``B_Phi`` -- far from a
+concentrated measure at large ``beta``, where the exact ``Phi_s`` can be ``e^{-2|b|} W``. For
+every target the backend estimates the absolute SA error,
+
+.. math::
+
+    \\mathrm{err}(x) \\approx |v| \\,\\frac{\\eta\\,(B_g/|b| + \\rho B_\\Phi) + W (\\tau_g + \\rho\\,\\tau_\\Phi)}{\\Phi_s(x)},
+    \\qquad \\rho = \\min(1, |X(x)| / |v|),
+
+(``tau_Phi``, ``tau_g`` the truncation tails of ``Phi_s`` and ``|grad Phi_s| / |b|`` per unit
+mass, see :func:`spectral_lmax`), and recomputes with :class:`~meanfield.attention.DirectField`
+the targets where it exceeds ``tolerance * |v|`` (and those where ``Phi_s`` itself is not
+resolved). The number of such targets in the last call is ``last_fallback_count``. ``eta``
+is calibrated against measured errors (:func:`_transform_accuracy`, a factor >= 2.5 of
+margin) and cannot go below ~1.7e-13 (ducc0's double-precision floor for the NUFFT is
+2e-13), so at the default ``tolerance = 1e-12`` the targets with
+``Phi_s(x) < ~0.17 (B_g/|b| + rho B_Phi)`` fall back: nearly uniform measures never do, a
+smooth von Mises--Fisher density ``exp(2 <x, c>)`` at ``beta = 9`` sends ~13% of the
+targets (the far side) to the direct sums, clustered states at large ``beta`` most of them
+(everything far from the clusters, where the exact ``Phi_s`` is tiny). At
+``tolerance = 1e-9`` the threshold is ``~5e-4 (...)`` and the same smooth density needs no
+fallback; clustered states at ``beta >~ 30`` still do, because there ``Phi_s`` falls by
+``e^{-2|b|}`` across the sphere. USA has no fallback: its error is absolute, ``~ eta |v| e^{|b|} B_g / |b|``,
+small against ``max |X|``.
+
+Only isotropic models are handled here; general ``Q, K, V`` (a truncated expansion of the
+anisotropic kernel) is a later step. ``b = 0`` is evaluated in closed form:
+``X = v P_x(sum_j w_j y_j)`` (divided by ``W`` for SA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import special
+
+from .attention import USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, single_thread_blas
+
+__all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax"]
+
+#: ducc0 refuses NUFFT accuracies at or below 2e-13 in double precision.
+_DUCC_EPS_FLOOR = 3e-13
+#: The smallest tolerance accepted (round-off of the transforms is ~1e-14 of their scale).
+_MIN_TOLERANCE = 1e-13
+#: Round-off floor of the field relative to |v| (the projection and the direct sums themselves).
+_ABSOLUTE_FLOOR = 1e-14
+#: Below this |b| the modified spherical Bessel functions come from their leading series term.
+_TINY_B = 1e-50
+#: Truncation tails are kept this far below the transform accuracy eta.
+_TAIL_FRACTION = 1e-2
+
+
+def _nufft_epsilon(tolerance: float) -> float:
+    """ducc0 accuracy used for a requested tolerance: well below it, never below the floor."""
+    return max(_DUCC_EPS_FLOOR, 1e-3 * tolerance)
+
+
+def _transform_accuracy(epsilon: float, lmax: int) -> float:
+    """Error of ducc0's transforms relative to the coefficient bounds ``B``.
+
+    Measured on icosahedral levels 3-5 (edge midpoints against cell centres) with uniform,
+    random, von Mises--Fisher and clustered measures, ``|b|`` up to 200: the NUFFT error is
+    at most ~0.4 ``epsilon`` for ``lmax <~ 20`` and ~0.15 ``epsilon`` above, plus round-off
+    ~3e-14. The estimate below exceeds every measured error by a factor of 2.5 or more.
+    """
+    return (1.0 if lmax <= 20 else 0.5) * epsilon + 2e-16 * (lmax + 50)
+
+
+def _scaled_in(lmax: int, b_abs: float) -> np.ndarray:
+    """``i_l(b) e^{-b}`` for ``l = 0..lmax`` and ``b >= 0`` (no overflow for large ``b``)."""
+    ls = np.arange(lmax + 1)
+    if b_abs == 0.0:
+        return (ls == 0).astype(float)
+    if b_abs < _TINY_B:
+        # leading term b^l / (2l+1)!! of the series: exact in double, where scipy underflows
+        return np.cumprod(np.concatenate([[1.0], b_abs / (2.0 * ls[1:] + 1.0)]))
+    if b_abs <= 1.0:
+        return special.spherical_in(ls, b_abs) * math.exp(-b_abs)
+    # i_l(b) = sqrt(pi / (2 b)) I_{l+1/2}(b); ive(nu, b) = I_nu(b) e^{-b}
+    return math.sqrt(math.pi / (2.0 * b_abs)) * special.ive(ls + 0.5, b_abs)
+
+
+def _scaled_in_over_b(lmax: int, b_abs: float) -> np.ndarray:
+    """``i_l(b) e^{-b} / b`` for ``l = 1..lmax`` (entry 0 is set to 0), ``b > 0``."""
+    if b_abs < _TINY_B:  # b^{l-1} / (2l+1)!!, no division by a tiny b
+        ls = np.arange(2, lmax + 1)
+        return np.concatenate([[0.0], np.cumprod(np.concatenate([[1.0 / 3.0], b_abs / (2.0 * ls + 1.0)]))])
+    out = _scaled_in(lmax, b_abs) / b_abs
+    out[0] = 0.0
+    return out
+
+
+def _tails(lmax_search: int, b_abs: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scaled ``i_l`` and the truncation tails of ``Phi_s / W`` and ``|grad Phi_s| / (W |b|)``.
+
+    ``tau_phi[L] = sum_{l > L} i_l e^{-b} (2l+1)`` and
+    ``tau_g[L] = sum_{l > L} i_l e^{-b} (2l+1) sqrt(l(l+1)) / |b|`` bound the truncation error
+    of a unit mass (addition theorem: ``sum_m |Y_lm|^2 = (2l+1)/4pi``, and the same with
+    ``l(l+1)`` for ``|grad Y_lm|^2``).
+    """
+    ls = np.arange(lmax_search + 1, dtype=float)
+    il = _scaled_in(lmax_search, b_abs)
+    tphi = il * (2 * ls + 1)
+    tg = tphi * np.sqrt(ls * (ls + 1)) / b_abs
+    # tail[L] = sum over l > L: reverse cumulative sums shifted by one
+    tau_phi = np.concatenate([np.cumsum(tphi[::-1])[::-1][1:], [0.0]])
+    tau_g = np.concatenate([np.cumsum(tg[::-1])[::-1][1:], [0.0]])
+    return il, tau_phi, tau_g
+
+
+def spectral_lmax(b: float, tolerance: float = 1e-12) -> int:
+    """Truncation degree for the kernel ``exp(b <x, y>)`` at a relative tolerance.
+
+    The smallest ``L >= 1`` whose truncation tails (for a unit point mass, the worst case)
+    lie below ``1e-2 eta i_0(|b|) e^{-|b|}``, ``eta`` the transform accuracy: the truncation
+    error is then negligible against the transforms' own error for any measure (the mean
+    of ``Phi_s`` over the sphere is ``W i_0(|b|) e^{-|b|}``). Grows like
+    ``sqrt(2 |b| log(1/tol))``; ``b = 0`` gives 1 (the first moment).
+    """
+    b_abs = abs(float(b))
+    if b_abs == 0.0:
+        return 1
+    target = _TAIL_FRACTION * _nufft_epsilon(tolerance) * float(_scaled_in(0, b_abs)[0])
+    search = int(12.0 * math.sqrt(b_abs) + 40)
+    while True:
+        _, tau_phi, tau_g = _tails(search, b_abs)
+        ok = np.flatnonzero((tau_phi <= target) & (tau_g <= target))
+        # the last entries of a finite sum are 0 by construction: require a genuine margin
+        ok = ok[ok < search - 10]
+        if ok.size:
+            return max(1, int(ok[0]))
+        search *= 2
+
+
+def spectral_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: float = 1e-12) -> float:
+    """Cost estimate of one spectral call, in units of one direct pair evaluation.
+
+    :class:`~meanfield.attention.DirectField` costs ``n_targets * n_sources`` such units, so
+    a ``backend = "auto"`` choice compares ``spectral_cost(...)`` with
+    ``n_targets * n_sources``. The model, calibrated on one core against the direct sums
+    (about 5e8 pairs/s), is
+
+        62 (M + N) + 31 N [SA] + n_tr (3.5 lmax^2 log2(lmax) + 26000)
+
+    (NUFFT spreading and interpolation per point; the FFT and Legendre work on the
+    ``~(2 lmax)^2`` grid and the fixed overhead of each of the ``n_tr`` transforms, 3 for SA
+    and 2 for USA); it matched measured times within ~25% for ``N, M`` from 100 to 5e5 and
+    ``lmax`` from 14 to 287. SA targets recomputed by the direct fallback (clustered measures,
+    see the module docstring) are not included. Returns ``inf`` when the model is not
+    isotropic or ``d != 3``.
+    """
+    iso = model.isotropic() if model.d == 3 else None
+    if iso is None:
+        return math.inf
+    b = model.beta * iso[0]
+    n, m = int(n_targets), int(n_sources)
+    if b == 0.0:
+        return float(n + m)
+    lmax = spectral_lmax(b, tol)
+    n_tr = 3 if model.normalized else 2
+    per_point = 62.0 * (n + m) + (31.0 * n if model.normalized else 0.0)
+    return float(per_point + n_tr * (3.5 * lmax**2 * math.log2(lmax + 1) + 26000.0))
+
+
+def _angles(x: np.ndarray) -> np.ndarray:
+    """(theta, phi) rows for ducc0: colatitude in [0, pi], longitude in [0, 2 pi)."""
+    theta = np.arctan2(np.hypot(x[:, 0], x[:, 1]), x[:, 2])
+    phi = np.mod(np.arctan2(x[:, 1], x[:, 0]), 2.0 * np.pi)
+    return np.ascontiguousarray(np.stack([theta, phi], axis=1))
+
+
+class SpectralSphereField:
+    """Attention field on S^2 by spherical-harmonic transforms at arbitrary points.
+
+    Implements the :class:`~meanfield.attention.AttentionField` protocol for isotropic
+    models (``Q^T K = c I``, ``V = v I``; see the module docstring for the method, the
+    accuracy model and the direct fallback). General ``Q, K, V`` are not handled yet (a
+    truncated expansion of the anisotropic kernel is a later step): they raise ``ValueError``.
+
+    Parameters
+    ----------
+    model : AttentionModel
+        Must have ``d = 3`` and be isotropic (``model.isotropic()`` not ``None``).
+    tolerance : float
+        Target accuracy of the field relative to ``|v|`` (SA: estimated per target, with the
+        direct fallback where the transforms cannot deliver it), at least ``1e-13``.
+
+    Attributes
+    ----------
+    lmax : int
+        Truncation degree (:func:`spectral_lmax`).
+    b : float
+        ``beta c``, the kernel's exponent.
+    last_fallback_count : int
+        SA targets recomputed by :class:`~meanfield.attention.DirectField` in the last call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import meanfield as mf
+    >>> from meanfield.spectral_sphere import SpectralSphereField
+    >>> field = SpectralSphereField(mf.AttentionModel(d=3, beta=9.0))
+    >>> field.lmax
+    31
+    >>> x = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    >>> X = field(x, x, np.array([0.5, 0.5]))
+    >>> bool(np.allclose(X, mf.DirectField(field.model)(x, x, np.array([0.5, 0.5])), atol=1e-12))
+    True
+    """
+
+    name = "spectral"
+
+    def __init__(self, model: AttentionModel, tolerance: float = 1e-12):
+        import ducc0  # noqa: F401  (fail at construction, not at the first call)
+
+        if model.d != 3:
+            raise ValueError(f"SpectralSphereField works on S^2 (d = 3), got d = {model.d}")
+        iso = model.isotropic()
+        if iso is None:
+            raise ValueError(
+                "SpectralSphereField needs an isotropic model (Q^T K = c I and V = v I); "
+                "general Q, K, V are not supported by the spectral backend yet, use DirectField"
+            )
+        tol = float(tolerance)
+        if not (math.isfinite(tol) and _MIN_TOLERANCE <= tol < 1.0):
+            raise ValueError(f"tolerance must lie in [{_MIN_TOLERANCE:g}, 1), got {tolerance!r}")
+        self.model = model
+        self.tolerance = tol
+        self.c, self.v = iso
+        self.b = model.beta * self.c
+        self.lmax = spectral_lmax(self.b, tol)
+        self.epsilon = _nufft_epsilon(tol)
+        self.eta = _transform_accuracy(self.epsilon, self.lmax)
+        self.last_fallback_count = 0
+        b_abs = abs(self.b)
+        if b_abs > 0.0:
+            il, tau_phi, tau_g = _tails(self.lmax + 1, b_abs)
+            il = il[: self.lmax + 1]
+            self._tau_phi = float(tau_phi[self.lmax])
+            self._tau_g = float(tau_g[self.lmax])
+            sign = np.where(np.arange(self.lmax + 1) % 2 == 1, -1.0, 1.0) if self.b < 0 else 1.0
+            # scaled Funk--Hecke eigenvalues lambda_l e^{-|b|}
+            self._lam = 4.0 * math.pi * il * sign
+            # ... and divided by b for the gradient: (v / b) grad Phi needs no tiny numbers
+            # when b -> 0 (lambda_1 / b -> 4 pi / 3)
+            # (lambda_0 / b is dropped: the constant has no gradient)
+            sign_g = sign * math.copysign(1.0, self.b)
+            self._lam_g = 4.0 * math.pi * _scaled_in_over_b(self.lmax, b_abs) * sign_g
+            # healpy/ducc0 triangular layout: index(l, m) = m (2 lmax + 1 - m) / 2 + l, m >= 0
+            L = self.lmax
+            self._l_of = np.concatenate([np.arange(m, L + 1) for m in range(L + 1)])
+            self._m_mult = np.concatenate([np.full(L + 1 - m, 1.0 if m == 0 else 2.0) for m in range(L + 1)])
+            ls = np.arange(L + 1, dtype=float)
+            self._w_phi = np.sqrt((2 * ls + 1) / (4 * math.pi))
+            self._w_g = self._w_phi * np.sqrt(ls * (ls + 1))
+
+    # -- the protocol ----------------------------------------------------------------------
+    def __call__(self, targets, sources, weights):
+        x = np.ascontiguousarray(targets, dtype=float)
+        y = np.ascontiguousarray(sources, dtype=float)
+        w = np.ascontiguousarray(weights, dtype=float)
+        if x.ndim != 2 or x.shape[1] != 3:
+            raise ValueError(f"targets must have shape (N, 3), got {x.shape}")
+        if y.ndim != 2 or y.shape[1] != 3:
+            raise ValueError(f"sources must have shape (M, 3), got {y.shape}")
+        if w.shape != (y.shape[0],):
+            raise ValueError(f"weights must have shape ({y.shape[0]},), got {w.shape}")
+        if np.any(w < 0):
+            raise ValueError("weights must be nonnegative")
+        normalized = self.model.normalized
+        total = float(w.sum())
+        if normalized and not total > 0:
+            raise ValueError("SA field needs a positive total weight")
+        self.last_fallback_count = 0
+        out = np.zeros_like(x)
+        if x.shape[0] == 0 or self.v == 0.0 or not total > 0:
+            return out
+        keep = w > 0
+        if not np.all(keep):
+            y, w = y[keep], w[keep]
+        with single_thread_blas():
+            if self.b == 0.0:
+                mean = (w @ y) * (self.v / (total if normalized else 1.0))
+                out[:] = mean
+            elif not normalized:
+                out = self._spectral(x, y, w, total)
+            else:
+                out, err = self._spectral(x, y, w, total)
+                fallback = err > self.tolerance
+                count = int(fallback.sum())
+                if count:
+                    out[fallback] = DirectField(self.model)(x[fallback], y, w)
+                self.last_fallback_count = count
+        out -= np.einsum("ij,ij->i", out, x)[:, None] * x
+        return out
+
+    # -- the transforms --------------------------------------------------------------------
+    def _spectral(self, x, y, w, total):
+        """USA: the field. SA: the field and its estimated error relative to ``|v|`` per target
+        (``inf`` where ``Phi_s`` is not resolved)."""
+        from ducc0.sht.experimental import adjoint_synthesis_general, synthesis_general
+
+        L, eps, b, v = self.lmax, self.epsilon, self.b, self.v
+        b_abs = abs(b)
+        normalized = self.model.normalized
+        if not normalized and b_abs > USA_LOGIT_LIMIT:
+            raise FieldOverflowError(
+                f"USA attention overflows: |beta c| = {b_abs:.1f} exceeds the logit limit "
+                f"{USA_LOGIT_LIMIT:.1f}; use SA (model.kind = \"SA\") or a smaller beta"
+            )
+        # a_lm = sum_j w_j conj(Y_lm(y_j)), m >= 0 (real measure: a_{l,-m} = (-1)^m conj(a_lm))
+        alm = adjoint_synthesis_general(
+            map=w[None, :], spin=0, lmax=L, loc=_angles(y), epsilon=eps, nthreads=1
+        )
+        alm_g = alm * self._lam_g[self._l_of]
+        loc = _angles(x)
+        # spin-1 "DERIV1": maps (d/dtheta, 1/sin(theta) d/dphi) of the spin-0 synthesis, here
+        # of Phi_s / b
+        g = synthesis_general(alm=alm_g, spin=1, lmax=L, loc=loc, epsilon=eps, nthreads=1, mode="DERIV1")
+        theta, phi = loc[:, 0], loc[:, 1]
+        ct, st, cp, sp = np.cos(theta), np.sin(theta), np.cos(phi), np.sin(phi)
+        gt, gp = g[0], g[1]
+        grad = np.empty_like(x)  # grad(Phi_s) / b = gt e_theta + gp e_phi
+        grad[:, 0] = gt * ct * cp - gp * sp
+        grad[:, 1] = gt * ct * sp + gp * cp
+        grad[:, 2] = -gt * st
+        if not normalized:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = grad * (v * math.exp(b_abs))
+            if not np.all(np.isfinite(out)):
+                raise FieldOverflowError(
+                    "USA attention overflowed double precision; use SA or a smaller beta"
+                )
+            return out
+
+        alm *= self._lam[self._l_of]
+        phi_s = synthesis_general(alm=alm, spin=0, lmax=L, loc=loc, epsilon=eps, nthreads=1)[0]
+        # bounds on Phi_s and |grad Phi_s| / |b| from the coefficients (per degree l)
+        b_phi = float(self._w_phi @ self._degree_norms(alm))
+        b_g = float(self._w_g @ self._degree_norms(alm_g))
+        resolved = phi_s > 10.0 * (self.eta * b_phi + total * self._tau_phi)
+        safe = np.where(resolved, phi_s, 1.0)
+        out = grad * (v / safe)[:, None]
+        rho = np.minimum(1.0, np.linalg.norm(out, axis=1) / abs(v))
+        err = self.eta * (b_g + rho * b_phi) + total * (self._tau_g + rho * self._tau_phi)
+        err = np.where(resolved, err / safe + _ABSOLUTE_FLOOR, np.inf)
+        return out, err
+
+    def _degree_norms(self, alm: np.ndarray) -> np.ndarray:
+        """``|a_l| = sqrt(sum_{m=-l}^{l} |a_lm|^2)`` per degree (``m > 0`` stored once, counted twice)."""
+        mag = np.abs(alm[0])
+        scale = float(mag.max()) if mag.size else 0.0
+        if not scale > 0:
+            return np.zeros(self.lmax + 1)
+        sq = np.bincount(self._l_of, weights=self._m_mult * (mag / scale) ** 2, minlength=self.lmax + 1)
+        return scale * np.sqrt(sq)

@@ -1,0 +1,194 @@
+"""The spectral (Funk--Hecke) attention field on S^2 against the exact direct sums."""
+
+import math
+
+import numpy as np
+import pytest
+
+import meanfield as mf
+from meanfield.attention import DirectField, FieldOverflowError
+from meanfield.sphere import icosahedral
+from meanfield.spectral_sphere import SpectralSphereField, _angles, spectral_cost, spectral_lmax
+
+TOL = 1e-12
+
+
+def sphere_points(rng, n):
+    p = rng.normal(size=(n, 3))
+    return p / np.linalg.norm(p, axis=1, keepdims=True)
+
+
+def model(beta, c=1.0, v=1.0, normalized=True):
+    return mf.AttentionModel(d=3, beta=beta, Q=c * np.eye(3), V=v * np.eye(3), normalized=normalized)
+
+
+@pytest.fixture(scope="module")
+def mesh3():
+    return icosahedral(3)
+
+
+def point_sets(mesh):
+    rng = np.random.default_rng(11)
+    yield "random", sphere_points(rng, 300), sphere_points(rng, 200), rng.random(200)
+    # finite-volume use: every edge midpoint from all cell masses
+    yield "mesh", mesh.edge_points[:, 0, :], mesh.centers, rng.random(len(mesh.centers)) * mesh.areas
+
+
+def rel_err(got, ref):
+    return np.abs(got - ref).max() / np.abs(ref).max()
+
+
+# -- agreement with the direct sums ------------------------------------------------------
+@pytest.mark.parametrize("normalized", [True, False], ids=["SA", "USA"])
+@pytest.mark.parametrize("v", [1.0, -1.0])
+@pytest.mark.parametrize("c", [1.0, 2.0, -0.5])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 9.0, 30.0])
+def test_matches_direct_at_the_tolerance(mesh3, beta, c, v, normalized):
+    m = model(beta, c, v, normalized)
+    field = SpectralSphereField(m, tolerance=TOL)
+    assert field.name == "spectral" and field.model is m
+    for name, x, y, w in point_sets(mesh3):
+        ref = DirectField(m)(x, y, w)
+        got = field(x, y, w)
+        assert rel_err(got, ref) <= TOL, (name, rel_err(got, ref), field.lmax)
+        # the documented per-target guarantee (SA): relative to |v|
+        if normalized:
+            assert np.abs(got - ref).max() <= TOL * abs(v)
+        # tangent output
+        assert np.abs(np.einsum("ij,ij->i", got, x)).max() <= 1e-15 * np.abs(ref).max()
+
+
+def test_large_beta_sa_without_overflow_and_the_direct_fallback(mesh3):
+    x, y = mesh3.edge_points[:, 0, :], mesh3.centers
+    m = model(200.0)
+    field = SpectralSphereField(m)
+    rng = np.random.default_rng(3)
+    # a spread measure: e^{200} never appears, the transforms resolve every target
+    w = rng.random(len(y)) * mesh3.areas
+    got = field(x, y, w)
+    assert np.all(np.isfinite(got))
+    assert rel_err(got, DirectField(m)(x, y, w)) <= TOL
+    assert field.last_fallback_count == 0
+    # a concentrated measure: far from it Phi falls by e^{-2 beta}; those targets must be
+    # detected and recomputed directly, the rest stay spectral
+    centre = np.array([0.3, 0.4, 0.866]) / np.linalg.norm([0.3, 0.4, 0.866])
+    w = np.exp(20.0 * (y @ centre - 1.0)) * mesh3.areas
+    got = field(x, y, w)
+    assert np.all(np.isfinite(got))
+    assert rel_err(got, DirectField(m)(x, y, w)) <= TOL
+    assert 0 < field.last_fallback_count < len(x)
+
+
+def test_usa_overflow_is_an_error(mesh3):
+    x, y = mesh3.edge_points[:, 0, :], mesh3.centers
+    w = np.full(len(y), 1.0 / len(y))
+    with pytest.raises(FieldOverflowError, match="overflow"):
+        SpectralSphereField(model(800.0, normalized=False))(x, y, w)
+    # the same beta in SA is fine
+    got = SpectralSphereField(model(800.0))(x, y, w)
+    assert np.all(np.isfinite(got))
+
+
+def test_error_estimate_bounds_the_actual_error(mesh3):
+    """The fallback rests on a per-target error estimate; it must not under-estimate."""
+    x, y = mesh3.edge_points[:, 0, :], mesh3.centers
+    rng = np.random.default_rng(5)
+    centres = sphere_points(rng, 3)
+    measures = {
+        "random": rng.random(len(y)) * mesh3.areas,
+        "vmf3": np.exp(3.0 * (y @ centres[0] - 1.0)) * mesh3.areas,
+        "clusters": sum(np.exp(50.0 * (y @ c - 1.0)) for c in centres) * mesh3.areas,
+    }
+    for beta, c in [(1.0, 1.0), (9.0, 1.0), (9.0, -0.5), (30.0, 1.0), (200.0, 1.0)]:
+        for tol in (1e-12, 1e-9):
+            m = model(beta, c)
+            field = SpectralSphereField(m, tolerance=tol)
+            for name, w in measures.items():
+                out, err = field._spectral(x, y, w, w.sum())
+                out -= np.einsum("ij,ij->i", out, x)[:, None] * x
+                actual = np.linalg.norm(out - DirectField(m)(x, y, w), axis=1)
+                ok = np.isfinite(err)
+                assert np.all(actual[ok] <= err[ok]), (beta, c, tol, name, (actual[ok] / err[ok]).max())
+
+
+def test_poles_zero_weights_and_degenerate_inputs():
+    rng = np.random.default_rng(7)
+    x = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [1e-17, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = sphere_points(rng, 40)
+    w = rng.random(40)
+    w[::3] = 0.0  # empty sources contribute nothing
+    for normalized in (True, False):
+        m = model(9.0, normalized=normalized)
+        field = SpectralSphereField(m)
+        assert rel_err(field(x, y, w), DirectField(m)(x, y, w)) <= TOL
+        assert field(x[:0], y, w).shape == (0, 3)
+    # USA of an empty measure is zero; SA of one is an error, as for the direct field
+    assert np.all(SpectralSphereField(model(9.0, normalized=False))(x, y, 0 * w) == 0)
+    with pytest.raises(ValueError, match="positive total weight"):
+        SpectralSphereField(model(9.0))(x, y, 0 * w)
+    with pytest.raises(ValueError, match="nonnegative"):
+        SpectralSphereField(model(9.0))(x, y, -w)
+    # a tiny |beta c| (series for i_l, no underflow) is still the consensus field to first order
+    m = model(1e-200, c=-1.0)
+    assert rel_err(SpectralSphereField(m)(x, y, w + 0.1), DirectField(m)(x, y, w + 0.1)) <= TOL
+
+
+def test_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError, match="isotropic"):
+        SpectralSphereField(mf.AttentionModel(d=3, beta=1.0, Q=np.diag([1.0, 2.0, 3.0])))
+    with pytest.raises(ValueError, match="isotropic"):
+        SpectralSphereField(mf.AttentionModel(d=3, beta=1.0, V=np.diag([1.0, 1.0, -1.0])))
+    with pytest.raises(ValueError, match="d = 3"):
+        SpectralSphereField(mf.AttentionModel(d=2, beta=1.0))
+    with pytest.raises(ValueError, match="tolerance"):
+        SpectralSphereField(model(1.0), tolerance=1e-16)
+
+
+# -- truncation and conventions ----------------------------------------------------------
+def test_lmax_grows_like_sqrt_beta():
+    assert spectral_lmax(0.0) == 1
+    betas = [1.0, 9.0, 30.0, 200.0, 1000.0]
+    ls = [SpectralSphereField(model(b)).lmax for b in betas]
+    assert ls == sorted(ls) and len(set(ls)) == len(ls)
+    # lmax ~ sqrt(2 beta log(1/tol)) for beta >> 1: quadrupling beta doubles lmax
+    assert 1.7 < spectral_lmax(800.0) / spectral_lmax(200.0) < 2.3
+    # the sign of c does not matter (i_l(-b) = (-1)^l i_l(b)); a looser tolerance needs fewer
+    assert SpectralSphereField(model(9.0, c=-1.0)).lmax == SpectralSphereField(model(9.0)).lmax
+    assert spectral_lmax(30.0, 1e-6) < spectral_lmax(30.0, 1e-12)
+
+
+def test_ducc_spin1_deriv1_is_the_surface_gradient():
+    """``synthesis_general(spin=1, mode="DERIV1")`` returns (d/dtheta, 1/sin d/dphi) of the
+    spin-0 synthesis of the same coefficients: checked against central differences."""
+    from ducc0.sht.experimental import synthesis_general
+
+    rng = np.random.default_rng(2)
+    L = 12
+    alm = rng.normal(size=(1, (L + 1) * (L + 2) // 2)) + 1j * rng.normal(size=(1, (L + 1) * (L + 2) // 2))
+    alm[0, : L + 1] = alm[0, : L + 1].real  # m = 0 coefficients of a real map are real
+    loc = _angles(sphere_points(rng, 50))
+    loc[:, 0] = np.clip(loc[:, 0], 0.2, math.pi - 0.2)
+    kw = dict(alm=alm, lmax=L, epsilon=1e-12, nthreads=1)
+    d = synthesis_general(spin=1, loc=loc, mode="DERIV1", **kw)
+    h = 1e-5
+    f = {}
+    for k, (dt, dp) in {"t+": (h, 0), "t-": (-h, 0), "p+": (0, h), "p-": (0, -h)}.items():
+        f[k] = synthesis_general(spin=0, loc=loc + np.array([dt, dp]), **kw)[0]
+    d_theta = (f["t+"] - f["t-"]) / (2 * h)
+    d_phi = (f["p+"] - f["p-"]) / (2 * h) / np.sin(loc[:, 0])
+    scale = np.abs(d).max()
+    assert np.abs(d[0] - d_theta).max() < 1e-7 * scale
+    assert np.abs(d[1] - d_phi).max() < 1e-7 * scale
+
+
+def test_spectral_cost_is_a_usable_estimate():
+    m = model(9.0)
+    # tiny problems: the direct sums win; the FV problem on level 5: the transforms win
+    assert spectral_cost(m, 10, 10) > 10 * 10
+    n, k = 30720, 20480
+    assert spectral_cost(m, n, k) < n * k / 100
+    assert spectral_cost(m, 2 * n, k) > spectral_cost(m, n, k)
+    assert spectral_cost(model(9.0, normalized=False), n, k) < spectral_cost(m, n, k)
+    assert spectral_cost(model(200.0), n, k) > spectral_cost(m, n, k)
+    assert spectral_cost(mf.AttentionModel(d=3, beta=1.0, Q=np.diag([1.0, 2.0, 3.0])), n, k) == math.inf
