@@ -227,8 +227,12 @@ class SpectralSphereField:
     model : AttentionModel
         Must have ``d = 3`` and be isotropic (``model.isotropic()`` not ``None``).
     tolerance : float
-        Target accuracy of the field relative to ``|v|`` (SA: estimated per target, with the
-        direct fallback where the transforms cannot deliver it), at least ``1e-13``.
+        Target accuracy, at least ``1e-13``. SA: absolute error ``<= tolerance * |v|`` at
+        every target (estimated, with the direct fallback where the transforms cannot
+        deliver it). USA: sets the truncation and the NUFFT accuracy; the error is absolute,
+        ``~1e-13 |v| W e^{|b|}`` at most (``W`` the total weight), with no fallback. Against
+        ``max |X|`` both agree with the direct sums to ~1e-13 unless the field nearly
+        vanishes (e.g. a uniform density, where ``X`` is only the mesh's quadrature error).
 
     Attributes
     ----------
@@ -286,9 +290,8 @@ class SpectralSphereField:
             sign = np.where(np.arange(self.lmax + 1) % 2 == 1, -1.0, 1.0) if self.b < 0 else 1.0
             # scaled Funk--Hecke eigenvalues lambda_l e^{-|b|}
             self._lam = 4.0 * math.pi * il * sign
-            # ... and divided by b for the gradient: (v / b) grad Phi needs no tiny numbers
-            # when b -> 0 (lambda_1 / b -> 4 pi / 3)
-            # (lambda_0 / b is dropped: the constant has no gradient)
+            # ... divided by b for the gradient, so (v / b) grad Phi needs no tiny numbers as
+            # b -> 0 (lambda_1 / b -> 4 pi / 3); lambda_0 / b is dropped (no gradient)
             sign_g = sign * math.copysign(1.0, self.b)
             self._lam_g = 4.0 * math.pi * _scaled_in_over_b(self.lmax, b_abs) * sign_g
             # healpy/ducc0 triangular layout: index(l, m) = m (2 lmax + 1 - m) / 2 + l, m >= 0
