@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 
 import meanfield as mf
-
-
-def time_call(fn, seconds: float) -> float:
-    fn()
-    n, start = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and n >= 3:
-            return elapsed / n
+from _machine import cpu_name, time_call, usable_cores
 
 
 def main(argv=None) -> None:
@@ -36,7 +25,7 @@ def main(argv=None) -> None:
     p.add_argument("--beta", type=float, default=9.0)
     p.add_argument("--seconds", type=float, default=3.0)
     args = p.parse_args(argv)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, one process, "
+    print(f"# {cpu_name()}, {usable_cores()} cores usable ({os.cpu_count()} visible), one process, "
           f"numpy {np.__version__}, SA beta={args.beta}")
     print(f"{'cells':>7} {'scheme':>7} {'ms/step':>9} {'field ms':>9} {'Mpairs/s':>9} {'field %':>8}")
     for cells in args.cells:

@@ -44,6 +44,7 @@ import warnings
 import numpy as np
 
 import meanfield as mf
+from _machine import cpu_name, usable_cores
 from meanfield.distances import METRICS, distance
 from meanfield.initial import project
 from meanfield.particles import ParticleState, ParticleSystem
@@ -53,24 +54,6 @@ from meanfield.sphere import icosahedral
 #: Smooth, strictly positive densities (``modes``): 1 + sum a_j mode_j >= 0.2 everywhere.
 CIRCLE_DENSITY = {"kind": "modes", "modes": [{"k": 2, "amplitude": 0.5}, {"k": 3, "amplitude": 0.3, "phase": 1.0}]}
 SPHERE_DENSITY = {"kind": "modes", "modes": [{"l": 2, "m": 0, "amplitude": 0.8}, {"l": 3, "m": 1, "amplitude": 0.4}]}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def time_call(fn, seconds: float) -> tuple[float, int, object]:

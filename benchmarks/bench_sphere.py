@@ -20,37 +20,9 @@ import time
 import numpy as np
 
 import meanfield as mf
+from _machine import time_call, cpu_name, usable_cores
 from meanfield.initial import real_sph_harm
 from meanfield.sphere import load_icosahedral
-
-
-def time_call(fn, seconds: float) -> float:
-    fn()
-    n, start = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and n >= 3:
-            return elapsed / n
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def main(argv=None) -> None:

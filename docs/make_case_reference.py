@@ -68,8 +68,14 @@ Notes on what exists now:
 * `domain.edge_points`: Gauss points per edge for the fluxes; 1 (the arc midpoint) is
   second-order accurate and the default. Each extra point adds a full field evaluation's
   worth of targets (cost proportional to `edge_points`).
-* `solver.backend`: `"direct"` and `"auto"` (which is `"direct"`) work; `"spectral"` is
-  accepted by the schema but stops with exit status 2 (not available yet).
+* `solver.backend`: `"direct"` sums exactly; `"spectral"` uses the truncated expansion (S^1:
+  any 2 x 2 Q, K, V; S^2: isotropic models only, Q^T K = c I and V = v I), accurate to
+  `solver.tolerance`; on S^2 with general Q, K, V it is an input error (exit status 2).
+  `"auto"` takes spectral where it exists and its estimated cost is below half of direct,
+  else direct ([numerics.md](numerics.md#the-spectral-field-backend)).
+* `solver.tolerance`: relative accuracy of the spectral field (SA targets that would miss
+  it are recomputed with direct sums). At 1e-12 clustered SA states can send tens of
+  percent of the targets to direct sums; 1e-9 avoids most of that.
 * `model.kind = "USA"` with beta ||Q^T K||_2 > 669.8 is invalid input (exit status 2, key
   `model.beta`): the unnormalized exponentials would overflow double precision. SA has no
   such limit.

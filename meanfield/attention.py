@@ -32,6 +32,7 @@ __all__ = [
     "DirectField",
     "FieldOverflowError",
     "USA_LOGIT_LIMIT",
+    "check_field_inputs",
     "energy",
     "growth_rate",
     "single_thread_blas",
@@ -205,6 +206,26 @@ class AttentionField(Protocol):
     def __call__(self, targets: np.ndarray, sources: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
 
 
+def check_field_inputs(model: AttentionModel, targets, sources, weights):
+    """Contiguous float arrays ``(x, y, w)`` of a field call, checked: shapes ``(N, d)``,
+    ``(M, d)``, ``(M,)``, nonnegative weights, and a positive total weight for SA."""
+    d = model.d
+    x = np.ascontiguousarray(targets, dtype=float)
+    y = np.ascontiguousarray(sources, dtype=float)
+    w = np.ascontiguousarray(weights, dtype=float)
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"targets must have shape (N, {d}), got {x.shape}")
+    if y.ndim != 2 or y.shape[1] != d:
+        raise ValueError(f"sources must have shape (M, {d}), got {y.shape}")
+    if w.shape != (y.shape[0],):
+        raise ValueError(f"weights must have shape ({y.shape[0]},), got {w.shape}")
+    if np.any(w < 0):
+        raise ValueError("weights must be nonnegative")
+    if model.normalized and not w.sum() > 0:
+        raise ValueError("SA field needs a positive total weight")
+    return x, y, w
+
+
 _LOG_MAX = math.log(np.finfo(float).max)
 #: Largest USA logit accepted: exp of it times a sum of up to e^40 terms stays finite.
 USA_LOGIT_LIMIT = _LOG_MAX - 40.0
@@ -229,26 +250,13 @@ class DirectField:
 
     def __call__(self, targets, sources, weights):
         model = self.model
-        x = np.ascontiguousarray(targets, dtype=float)
-        y = np.ascontiguousarray(sources, dtype=float)
-        w = np.ascontiguousarray(weights, dtype=float)
-        d = model.d
-        if x.ndim != 2 or x.shape[1] != d:
-            raise ValueError(f"targets must have shape (N, {d}), got {x.shape}")
-        if y.ndim != 2 or y.shape[1] != d:
-            raise ValueError(f"sources must have shape (M, {d}), got {y.shape}")
-        if w.shape != (y.shape[0],):
-            raise ValueError(f"weights must have shape ({y.shape[0]},), got {w.shape}")
-        if model.normalized and not w.sum() > 0:
-            raise ValueError("SA field needs a positive total weight")
+        x, y, w = check_field_inputs(model, targets, sources, weights)
         out = np.empty_like(x)
         if x.shape[0] == 0:
             return out
         if not np.all(w > 0):
             # Empty cells contribute nothing; dropping them also keeps the SA row maximum
             # over sources that carry mass (else exp could underflow to 0/0).
-            if np.any(w < 0):
-                raise ValueError("weights must be nonnegative")
             keep = w > 0
             y, w = y[keep], w[keep]
         ky = y @ model.interaction.T  # logits are x . (A y)

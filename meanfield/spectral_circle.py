@@ -110,7 +110,8 @@ import math
 import numpy as np
 from scipy import special
 
-from .attention import USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, single_thread_blas
+from .attention import (USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, check_field_inputs,
+                        single_thread_blas)
 
 __all__ = [
     "SpectralCircleField",
@@ -413,20 +414,8 @@ class SpectralCircleField:
     # -----------------------------------------------------------------------------------
     def __call__(self, targets, sources, weights):
         model = self.model
-        x = np.ascontiguousarray(targets, dtype=float)
-        y = np.ascontiguousarray(sources, dtype=float)
-        w = np.ascontiguousarray(weights, dtype=float)
-        if x.ndim != 2 or x.shape[1] != 2:
-            raise ValueError(f"targets must have shape (N, 2), got {x.shape}")
-        if y.ndim != 2 or y.shape[1] != 2:
-            raise ValueError(f"sources must have shape (M, 2), got {y.shape}")
-        if w.shape != (y.shape[0],):
-            raise ValueError(f"weights must have shape ({y.shape[0]},), got {w.shape}")
-        if np.any(w < 0):
-            raise ValueError("weights must be nonnegative")
+        x, y, w = check_field_inputs(self.model, targets, sources, weights)
         total = float(w.sum())
-        if model.normalized and not total > 0:
-            raise ValueError("SA field needs a positive total weight")
         self.last_fallback = 0
         out = np.empty_like(x)
         if x.shape[0] == 0:

@@ -79,7 +79,8 @@ import math
 import numpy as np
 from scipy import special
 
-from .attention import USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, single_thread_blas
+from .attention import (USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, check_field_inputs,
+                        single_thread_blas)
 
 __all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax"]
 
@@ -304,21 +305,9 @@ class SpectralSphereField:
 
     # -- the protocol ----------------------------------------------------------------------
     def __call__(self, targets, sources, weights):
-        x = np.ascontiguousarray(targets, dtype=float)
-        y = np.ascontiguousarray(sources, dtype=float)
-        w = np.ascontiguousarray(weights, dtype=float)
-        if x.ndim != 2 or x.shape[1] != 3:
-            raise ValueError(f"targets must have shape (N, 3), got {x.shape}")
-        if y.ndim != 2 or y.shape[1] != 3:
-            raise ValueError(f"sources must have shape (M, 3), got {y.shape}")
-        if w.shape != (y.shape[0],):
-            raise ValueError(f"weights must have shape ({y.shape[0]},), got {w.shape}")
-        if np.any(w < 0):
-            raise ValueError("weights must be nonnegative")
+        x, y, w = check_field_inputs(self.model, targets, sources, weights)
         normalized = self.model.normalized
         total = float(w.sum())
-        if normalized and not total > 0:
-            raise ValueError("SA field needs a positive total weight")
         self.last_fallback_count = 0
         out = np.zeros_like(x)
         if x.shape[0] == 0 or self.v == 0.0 or not total > 0:
