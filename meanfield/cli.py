@@ -116,7 +116,14 @@ def main(argv=None) -> int:
     from .case import CaseError, load_case, parse_override
     from .run import RunFailure, run_case
 
-    _setup_logging(args.quiet)
+    dist = None
+    from .parallel import launched_under_mpi
+
+    if launched_under_mpi():
+        from .parallel import Distributor
+
+        dist = Distributor()
+    _setup_logging(args.quiet or (dist is not None and not dist.root))
     flag_items = _flag_overrides(args)
     set_keys: set = {key for key in FLAG_KEYS.values() if any(item.startswith(key + "=") for item in flag_items)}
     with warnings.catch_warnings():
@@ -128,20 +135,22 @@ def main(argv=None) -> int:
             progress = not args.quiet and sys.stderr.isatty()
             source = str(Path(args.case))
             if args.command == "run":
-                run_case(case, out_dir=out, progress=progress, source=source)
+                run_case(case, out_dir=out, progress=progress, source=source, dist=dist)
             elif args.command == "particles":
                 from .particle_run import run_particles
 
-                run_particles(case, out_dir=out, progress=progress, source=source)
+                run_particles(case, out_dir=out, progress=progress, source=source, dist=dist)
             else:
                 from .particle_run import run_compare
 
-                run_compare(case, out_dir=out, progress=progress, source=source)
-        except CaseError as exc:
-            _error("error", exc, args.case, set_keys)
+                run_compare(case, out_dir=out, progress=progress, source=source, dist=dist)
+        except CaseError as exc:  # detected identically on every rank: rank 0 says it once
+            if dist is None or dist.root:
+                _error("error", exc, args.case, set_keys)
             return 2
         except RunFailure as exc:
-            _error("run failed", exc, args.case, set_keys)
+            if dist is None or dist.root:
+                _error("run failed", exc, args.case, set_keys)
             return 1
     return 0
 

@@ -40,7 +40,7 @@ __all__ = ["ParticleRun", "build_particles", "run_particles", "run_compare", "fi
 log = logging.getLogger("meanfield")
 
 
-def build_particles(case: dict, n: int | None = None, seed: int | None = None, source="<case>"):
+def build_particles(case: dict, n: int | None = None, seed: int | None = None, source="<case>", dist=None):
     """``(mesh, system, state)`` for a resolved case; ``n``/``seed`` default to ``[particles]``."""
     mesh = build_mesh(case, source)
     model = build_model(case, mesh.d, source)
@@ -55,7 +55,7 @@ def build_particles(case: dict, n: int | None = None, seed: int | None = None, s
         key = {"python": "initial.function", "points": "initial.points"}.get(case["initial"]["kind"], "initial.kind")
         raise CaseError(source, key, str(exc)) from None
     try:
-        field = make_field(model, s["backend"], s["tolerance"], n_targets=len(x), n_sources=len(x))
+        field = make_field(model, s["backend"], s["tolerance"], n_targets=len(x), n_sources=len(x), dist=dist)
     except ValueError as exc:
         raise CaseError(source, "solver.backend", str(exc)) from None
     system = ParticleSystem(field, integrator=s["integrator"], dt=s["dt"], cfl=s["cfl"],
@@ -140,15 +140,15 @@ def _criterion(case):
 
 
 def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | None = None, progress: bool = False,
-                  source="<case>", label: str = "meanfield particles") -> ParticleRun:
+                  source="<case>", label: str = "meanfield particles", dist=None) -> ParticleRun:
     """Run the particle system of a resolved case (``--n``, ``--seed`` override ``[particles]``)."""
     chosen = dict(case["particles"])
     chosen.update({k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
     case = {**case, "particles": chosen}  # the resolved case.toml repeats this run
-    mesh, system, state = build_particles(case, source=source)
+    mesh, system, state = build_particles(case, source=source, dist=dist)
     run = ParticleRun(mesh, system, state, _criterion(case))
-    run.rows = drive(run, case, out_dir, progress, source, label=label)
-    if out_dir is not None and case["output"]["plots"]:
+    run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist)
+    if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from . import plots
 
         plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows)
@@ -167,7 +167,7 @@ def fit_exponent(ns, values) -> float:
 
 
 def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = None, progress: bool = False,
-                source="<case>"):
+                source="<case>", dist=None):
     """Run the PDE once and the particles for each ``n`` and seed; write ``compare.csv``.
 
     Returns the rows ``{"t", "n", "seed", "metric", "distance"}``.
@@ -181,7 +181,7 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
         raise CaseError(source, "initial.kind", "compare samples n particles from a density; \"points\" gives fixed points")
     case = {**case, "compare": {"particles": ns, "seeds": seeds, "metric": metric}}
     out = Path(out_dir)
-    pde = run_case(case, out_dir=out / "pde", progress=progress, source=source)
+    pde = run_case(case, out_dir=out / "pde", progress=progress, source=source, dist=dist)
     mesh = build_mesh(case, source)
     masses = {round(t, 12): rho * mesh.areas for t, rho in pde.snapshots}
     rows = []
@@ -189,11 +189,13 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
     for n in ns:
         for seed in seeds:
             part = run_particles(case, out_dir=None, n=n, seed=seed, progress=False, source=source,
-                                 label=f"particles n={n} seed={seed}")
+                                 label=f"particles n={n} seed={seed}", dist=dist)
             for t, x, w in part.snapshots:
-                dist = distance(metric, mesh, masses[round(t, 12)], x, w)
-                rows.append({"t": t, "n": n, "seed": seed, "metric": metric, "distance": dist})
+                value = distance(metric, mesh, masses[round(t, 12)], x, w)
+                rows.append({"t": t, "n": n, "seed": seed, "metric": metric, "distance": value})
             last = part.snapshots[-1]
+    if dist is not None and not dist.root:
+        return rows
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["t", "n", "seed", "metric", "distance"], lineterminator="\n")
     writer.writeheader()

@@ -64,14 +64,14 @@ def build_model(case: dict, d: int, source="<case>") -> AttentionModel:
     return model
 
 
-def build_simulation(case: dict, source="<case>") -> tuple[Simulation, State]:
+def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation, State]:
     """The simulation and its initial state for a resolved case."""
     mesh = build_mesh(case, source)
     model = build_model(case, mesh.d, source)
     s = case["solver"]
     try:
         sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
-                         dt_max=s["dt_max"], tolerance=s["tolerance"])
+                         dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist)
     except ValueError as exc:
         raise CaseError(source, "solver.backend", str(exc)) from None
     try:
@@ -154,22 +154,31 @@ class PdeRun:
         return f"{self.state.steps} steps ({self.sim.rejected} rejected)"
 
 
-def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>", label: str = "meanfield"):
+def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>", label: str = "meanfield", dist=None):
     """The time loop shared by every kind of run: snapshots at the output times, the
     progress bar, the output files, and on failure ``last_good.npz`` and :class:`RunFailure`.
 
     ``run`` provides ``describe()``, ``advance(t_out, on_step)``, ``snapshot() -> (arrays,
     row)``, ``polydata(arrays)``, ``checkpoint() -> arrays``, ``summary()``, ``mesh`` and
-    ``state`` (with ``t`` and ``steps``). Returns the diagnostics rows.
+    ``state`` (with ``t`` and ``steps``). Returns the diagnostics rows. Under MPI (``dist``)
+    only rank 0 writes files and draws the progress bar.
     """
     times = output_times(case["solver"]["t_end"], case["output"]["every"])
-    writer = RunWriter(out_dir) if out_dir is not None else None
+    root = dist is None or dist.root
+    writer = RunWriter(out_dir) if out_dir is not None and root else None
+    problem = None
     if writer is not None:
         try:
             writer.prepare()
         except OSError as exc:
-            raise CaseError("--out", str(out_dir), f"output directory is not writable: {exc}") from None
+            problem = f"output directory is not writable: {exc}"
+    if dist is not None and out_dir is not None:
+        problem = dist.bcast(problem)  # every rank stops before the run, none waits
+    if problem is not None:
+        raise CaseError("--out", str(out_dir), problem)
+    if writer is not None:
         writer.write_case(dump_case(case))
+    progress = progress and root
     log.info("%s: %s; t_end=%g, %d snapshots%s", label, run.describe(), times[-1], len(times),
              f" -> {out_dir}" if out_dir is not None else "")
     rows: list[dict] = []
@@ -233,20 +242,20 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     return rows
 
 
-def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>") -> RunResult:
+def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", dist=None) -> RunResult:
     """Run a resolved case. Writes outputs to ``out_dir`` when given (else nothing).
 
     Raises :class:`CaseError` for invalid input (before anything runs) and
     :class:`RunFailure` for a failure during the run, after saving the last good state
     to ``last_good.npz``.
     """
-    sim, state = build_simulation(case, source)
+    sim, state = build_simulation(case, source, dist)
     criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
     run = PdeRun(sim, state, criterion)
-    rows = drive(run, case, out_dir, progress, source)
+    rows = drive(run, case, out_dir, progress, source, dist=dist)
     result = RunResult(state=state, rows=rows, out_dir=Path(out_dir) if out_dir is not None else None,
                        snapshots=run.snapshots)
-    if out_dir is not None and case["output"]["plots"]:
+    if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from . import plots
 
         plots.write_run_plots(out_dir, sim.mesh, result)

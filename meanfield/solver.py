@@ -40,7 +40,7 @@ class State:
 
 
 def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 1e-12, n_targets: int | None = None,
-               n_sources: int | None = None):
+               n_sources: int | None = None, dist=None):
     """The attention-field backend named ``backend`` for ``model``.
 
     ``"direct"``: exact blocked sums. ``"spectral"``: truncated Fourier (S^1, any 2 x 2
@@ -48,8 +48,18 @@ def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 
     isotropic models; :mod:`meanfield.spectral_sphere`), accurate to ``tolerance``
     relative; a ``ValueError`` where no spectral backend exists for the model. ``"auto"``:
     spectral where it exists and its estimated cost for ``n_targets`` x ``n_sources`` is
-    below half the direct cost, else direct.
+    below half the direct cost, else direct. With a :class:`~meanfield.parallel.Distributor`
+    ``dist`` of more than one rank, the targets are split across the ranks.
     """
+    field = _make_field(model, backend, tolerance, n_targets, n_sources)
+    if dist is not None and dist.size > 1:
+        from .parallel import DistributedField
+
+        return DistributedField(field, dist)
+    return field
+
+
+def _make_field(model, backend, tolerance, n_targets, n_sources):
     if backend == "direct":
         return DirectField(model)
     if backend not in ("spectral", "auto"):
@@ -94,7 +104,7 @@ class Simulation:
 
     def __init__(self, mesh: Mesh, model: AttentionModel, scheme: str = "muscl", field=None, backend: str = "auto",
                  cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, integrator: SSPRK = SSPRK3,
-                 tolerance: float = 1e-12):
+                 tolerance: float = 1e-12, dist=None):
         if mesh.d != model.d:
             raise ValueError(f"model is for d = {model.d} but the mesh lives in R^{mesh.d}")
         if not 0 < cfl <= 1:
@@ -103,7 +113,7 @@ class Simulation:
         self.model = model
         if field is None:
             field = make_field(model, backend, tolerance, n_targets=mesh.edge_points.shape[0] * mesh.edge_points.shape[1],
-                               n_sources=mesh.n_cells)
+                               n_sources=mesh.n_cells, dist=dist)
         self.fv = FiniteVolume(mesh, field, scheme)
         self.cfl = cfl
         self.rate_cfl = rate_cfl

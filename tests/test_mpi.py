@@ -1,0 +1,108 @@
+"""Runs under ``mpiexec`` with 2 and 3 ranks give the serial results (target split of the field)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.mpi
+
+BIN = Path(sys.executable).parent
+MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+MEANFIELD = shutil.which("meanfield", path=str(BIN)) or shutil.which("meanfield")
+
+if MPIEXEC is None or MEANFIELD is None:  # the mpich wheel provides mpiexec next to python
+    pytest.skip("mpiexec or the meanfield script is not installed", allow_module_level=True)
+
+CIRCLE = """
+[domain]
+cells = 200
+[model]
+beta = 4.0
+[initial]
+kind = "modes"
+modes = [{k = 2, amplitude = 0.3}, {k = 3, amplitude = 0.2, phase = 1.0}]
+[solver]
+t_end = 1.0
+[output]
+every = 0.5
+plots = false
+"""
+
+SPHERE = """
+[domain]
+manifold = "sphere"
+mesh = "icosahedral:2"
+[model]
+beta = 4.0
+[initial]
+kind = "vmf"
+centers = [[1, 0, 0], [0, 1, 0]]
+kappas = [3.0, 3.0]
+[solver]
+t_end = 0.5
+[output]
+every = 0.25
+plots = false
+"""
+
+
+def launch(ranks, *args, timeout=120):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_"))}
+    cmd = [MEANFIELD, *map(str, args)] if ranks == 1 else [MPIEXEC, "-n", str(ranks), MEANFIELD, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("manifold, backend", [("circle", "direct"), ("circle", "spectral"),
+                                               ("sphere", "direct"), ("sphere", "spectral")])
+def test_pde_is_independent_of_the_number_of_ranks(tmp_path, ranks, manifold, backend):
+    case = write(tmp_path, "c.toml", CIRCLE if manifold == "circle" else SPHERE)
+    common = ("--set", f'solver.backend="{backend}"', "--quiet")
+    serial = launch(1, "run", case, "--out", tmp_path / "serial", *common)
+    assert serial.returncode == 0, serial.stderr
+    par = launch(ranks, "run", case, "--out", tmp_path / "par", *common)
+    assert par.returncode == 0, par.stderr
+    a, b = np.load(tmp_path / "serial" / "final.npz"), np.load(tmp_path / "par" / "final.npz")
+    assert float(a["t"]) == float(b["t"])
+    assert np.max(np.abs(a["masses"] - b["masses"])) <= 1e-12
+    assert np.max(np.abs(a["velocity"] - b["velocity"])) <= 1e-12 * max(1.0, np.abs(a["velocity"]).max())
+    # rank 0 alone wrote the snapshots: one set, complete
+    assert len(list((tmp_path / "par" / "snapshots").glob("*.npz"))) == len(
+        list((tmp_path / "serial" / "snapshots").glob("*.npz")))
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_particles_and_compare_are_independent_of_the_number_of_ranks(tmp_path, ranks):
+    case = write(tmp_path, "c.toml", CIRCLE)
+    for label, cmd in (("p", ("particles", case, "--n", 300, "--seed", 3)),
+                       ("c", ("compare", case, "--particles", "64,256", "--seeds", 2))):
+        serial = launch(1, *cmd, "--out", tmp_path / f"{label}1", "--quiet")
+        par = launch(ranks, *cmd, "--out", tmp_path / f"{label}{ranks}", "--quiet")
+        assert serial.returncode == 0 and par.returncode == 0, (serial.stderr, par.stderr)
+    a, b = np.load(tmp_path / "p1" / "final.npz"), np.load(tmp_path / f"p{ranks}" / "final.npz")
+    assert np.max(np.abs(a["points"] - b["points"])) <= 1e-12
+    rows = [np.genfromtxt(tmp_path / f"c{r}" / "compare.csv", delimiter=",", names=True, dtype=None, encoding=None)
+            for r in (1, ranks)]
+    assert np.allclose(rows[0]["distance"], rows[1]["distance"], rtol=0, atol=1e-12)
+
+
+def test_invalid_input_under_mpiexec_exits_2_with_one_line(tmp_path):
+    case = write(tmp_path, "c.toml", CIRCLE)
+    p = launch(2, "run", case, "--set", "model.beta=-1", "--out", tmp_path / "x", timeout=60)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.beta" in lines[0] and ">= 0" in lines[0]
+    blocker = write(tmp_path, "file", "x")
+    p = launch(2, "run", case, "--out", blocker / "out", timeout=60)
+    assert p.returncode == 2 and "not writable" in p.stderr
