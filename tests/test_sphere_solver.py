@@ -134,3 +134,25 @@ def test_mass_positivity_energy_on_the_sphere(kind):
         assert np.diff(energies).min() >= -1e-13 * energies[-1]
     masses_c, centers_c = mf.find_clusters(mesh, st.rho)
     assert len(masses_c) >= 1 and np.allclose(np.linalg.norm(centers_c, axis=1), 1.0)
+
+
+def test_user_mesh_file_runs_and_broken_mesh_exits_2(tmp_path, capsys):
+    import pyvista as pv
+
+    from meanfield.cli import main
+
+    good = pv.Sphere(theta_resolution=16, phi_resolution=12)
+    good.save(tmp_path / "good.stl")
+    broken = good.remove_cells([0])  # an open surface
+    broken.extract_surface().save(tmp_path / "broken.vtp")
+    case = tmp_path / "c.toml"
+    case.write_text('[domain]\nmanifold = "sphere"\nmesh = "good.stl"\n[model]\nbeta = 2.0\n'
+                    '[initial]\nkind = "vmf"\ncenters = [[0, 0, 1]]\nkappas = [2.0]\n'
+                    '[solver]\nt_end = 0.2\n[output]\nplots = false\n')
+    assert main(["run", str(case), "--out", str(tmp_path / "ok"), "--quiet"]) == 0, capsys.readouterr().err
+    final = np.load(tmp_path / "ok" / "final.npz")
+    assert final["masses"].shape[0] == good.triangulate().n_cells and abs(final["masses"].sum() - 1) < 1e-13
+    capsys.readouterr()
+    rc = main(["run", str(case), "--set", 'domain.mesh="broken.vtp"', "--out", str(tmp_path / "bad"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "domain.mesh" in err[0] and "only one triangle" in err[0]
