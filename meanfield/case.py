@@ -243,7 +243,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "quadrature_degree": Key(integer(1, 30), 8, "degree of the quadrature rule projecting the density onto cells."),
     },
     "solver": {
-        "scheme": Key(choice("upwind", "muscl"), "muscl", "finite-volume scheme."),
+        "scheme": Key(choice("upwind", "muscl", "spectral"), "muscl", "finite-volume scheme, or `\"spectral\"`: "
+                      "the Fourier pseudo-spectral scheme (circle, isotropic models; not positivity preserving)."),
         "backend": Key(choice("direct", "spectral", "auto"), "auto", "nonlocal convolution backend: exact sums, "
                        "Fourier / spherical-harmonic expansion, or the cheaper of the two for the problem size."),
         "tolerance": Key(real(1e-15, 1e-2), 1e-12, "relative accuracy of the spectral backend."),

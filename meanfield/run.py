@@ -18,7 +18,7 @@ import numpy as np
 from . import diagnostics as diag
 from .attention import USA_LOGIT_LIMIT, AttentionModel, FieldOverflowError
 from .case import CaseError, dump_case
-from .initial import InitialDataError, project
+from .initial import InitialDataError, density_function, project
 from .mesh import CircleMesh, Mesh
 from .output import RunWriter
 from .solver import NonFiniteStateError, Simulation, State
@@ -69,6 +69,19 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
     mesh = build_mesh(case, source)
     model = build_model(case, mesh.d, source)
     s = case["solver"]
+    if s["scheme"] == "spectral":
+        from .spectral_scheme import SpectralCircleSimulation
+
+        if mesh.manifold != "circle":
+            raise CaseError(source, "solver.scheme", "\"spectral\" exists on the circle only; use \"muscl\"")
+        try:
+            sim = SpectralCircleSimulation(mesh, model, dt_max=s["dt_max"])
+        except ValueError as exc:
+            raise CaseError(source, "solver.scheme", str(exc)) from None
+        # the spectral state holds point values at the grid points, not cell averages
+        f = density_function(case["initial"], mesh.d)
+        rho0 = project(mesh, case["initial"]) if f is None else np.asarray(f(mesh.centers), dtype=float)
+        return sim, State(0.0, rho0 / (rho0 @ mesh.areas))
     try:
         sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
                          dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist)
@@ -123,8 +136,8 @@ class PdeRun:
 
     def describe(self) -> str:
         sim = self.sim
-        return (f"{self.mesh.manifold}, {self.mesh.n_cells} cells; {sim.model.kind} beta={sim.model.beta:g}; "
-                f"scheme {sim.fv.scheme}, backend {sim.fv.field.name}")
+        scheme = f"scheme {sim.fv.scheme}, backend {sim.fv.field.name}" if hasattr(sim, "fv") else "Fourier pseudo-spectral"
+        return f"{self.mesh.manifold}, {self.mesh.n_cells} cells; {sim.model.kind} beta={sim.model.beta:g}; {scheme}"
 
     def advance(self, t_out, on_step):
         self.sim.advance(self.state, t_out, on_step)
@@ -151,7 +164,7 @@ class PdeRun:
                 "density": rho}
 
     def summary(self) -> str:
-        return f"{self.state.steps} steps ({self.sim.rejected} rejected)"
+        return f"{self.state.steps} steps ({getattr(self.sim, 'rejected', 0)} rejected)"
 
 
 def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>", label: str = "meanfield", dist=None):
