@@ -44,7 +44,7 @@ def row(label, n_t, n_s, direct, spectral, measured_rate, seconds, tolerance, ex
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5, 6, 7])
-    p.add_argument("--circle", type=int, nargs="+", default=[10, 13, 16], help="powers of two")
+    p.add_argument("--circle", type=int, nargs="*", default=[10, 13, 16], help="powers of two (none: skip)")
     p.add_argument("--beta", type=float, default=9.0)
     p.add_argument("--tolerance", type=float, default=1e-12)
     p.add_argument("--direct-max", type=float, default=7e8, help="largest pair count timed directly")
