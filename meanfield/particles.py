@@ -76,7 +76,7 @@ from typing import Callable
 import numpy as np
 
 from .attention import AttentionField, AttentionModel
-from .timestepping import NonFiniteStateError
+from .timestepping import NonFiniteStateError, Stepper
 
 __all__ = [
     "INTEGRATORS",
@@ -187,7 +187,7 @@ def _interaction_length(model: AttentionModel) -> float:
     return 1.0 if a <= 1.0 else 1.0 / math.sqrt(a)
 
 
-class ParticleSystem:
+class ParticleSystem(Stepper):
     """Evolve a :class:`ParticleState` with an attention-field backend.
 
     Parameters
@@ -262,13 +262,6 @@ class ParticleSystem:
         state.steps += 1
         return dt
 
-    def advance(self, state: ParticleState, t_target: float, callback=None) -> ParticleState:
-        """Step until ``state.t == t_target`` exactly; ``callback(state, dt)`` after each step."""
-        while state.t < t_target:
-            dt = self.step(state, t_target)
-            if callback is not None:
-                callback(state, dt)
-        return state
 
 
 def evolve(field: AttentionField, points, t_end: float, weights=None, *, integrator: str = "rk4", dt="auto",

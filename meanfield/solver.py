@@ -23,7 +23,7 @@ import numpy as np
 from .attention import AttentionModel, DirectField
 from .finite_volume import FiniteVolume
 from .mesh import Mesh
-from .timestepping import SSPRK, SSPRK3, NonFiniteStateError, StepRejected
+from .timestepping import SSPRK, SSPRK3, NonFiniteStateError, StepRejected, Stepper
 
 __all__ = ["State", "Simulation", "NonFiniteStateError", "make_field"]
 
@@ -83,7 +83,7 @@ def _make_field(model, backend, tolerance, n_targets, n_sources):
     return cls(model, tolerance=tolerance)
 
 
-class Simulation:
+class Simulation(Stepper):
     """Evolve a cell density on ``mesh`` under the attention model.
 
     Parameters
@@ -153,13 +153,6 @@ class Simulation:
         state.steps += 1
         return dt
 
-    def advance(self, state: State, t_target: float, callback=None) -> State:
-        """Step ``state`` until ``state.t == t_target`` exactly; ``callback(state, dt)`` after each step."""
-        while state.t < t_target:
-            dt = self.step(state, t_target)
-            if callback is not None:
-                callback(state, dt)
-        return state
 
     def velocity(self, rho: np.ndarray) -> np.ndarray:
         """The field X at cell centres for the density ``rho``."""

@@ -40,7 +40,7 @@ from scipy import special
 from .attention import AttentionModel
 from .mesh import CircleMesh
 from .solver import State
-from .timestepping import NonFiniteStateError
+from .timestepping import NonFiniteStateError, Stepper
 
 __all__ = ["SpectralCircleSimulation", "interpolant_cell_averages"]
 
@@ -74,7 +74,7 @@ def interpolant_cell_averages(rho: np.ndarray, cells: int) -> np.ndarray:
     return np.fft.irfft(coef, n=cells, norm="forward")
 
 
-class SpectralCircleSimulation:
+class SpectralCircleSimulation(Stepper):
     """Fourier pseudo-spectral solver with RK4, same ``step``/``advance``/``velocity`` API
     as :class:`meanfield.Simulation`; ``State.rho`` holds point values at ``mesh.angles``.
 
@@ -174,13 +174,6 @@ class SpectralCircleSimulation:
         state.steps += 1
         return dt
 
-    def advance(self, state: State, t_target: float, callback=None) -> State:
-        """Step ``state`` until ``state.t == t_target`` exactly; ``callback(state, dt)`` after each step."""
-        while state.t < t_target:
-            dt = self.step(state, t_target)
-            if callback is not None:
-                callback(state, dt)
-        return state
 
     def velocity(self, rho: np.ndarray) -> np.ndarray:
         """The field X at the grid points (cell centres), shape ``(M, 2)``."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SSPRK", "SSPRK3", "INTEGRATORS", "NonFiniteStateError", "StepRejected"]
+__all__ = ["SSPRK", "SSPRK3", "INTEGRATORS", "NonFiniteStateError", "StepRejected", "Stepper"]
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -65,3 +65,20 @@ SSPRK2 = SSPRK("ssprk2", 2, (0.0, 0.5))
 SSPRK3 = SSPRK("ssprk3", 3, (0.0, 0.75, 1.0 / 3.0))
 
 INTEGRATORS = {s.name: s for s in (SSPRK1, SSPRK2, SSPRK3)}
+
+
+class Stepper:
+    """Base of the solvers (finite volumes, particles, pseudo-spectral): a subclass
+    implements ``step(state, t_limit) -> dt``, one step that lands exactly on ``t_limit``
+    when it would reach it, and inherits :meth:`advance`."""
+
+    def step(self, state, t_limit: float) -> float:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def advance(self, state, t_target: float, callback=None):
+        """Step ``state`` until ``state.t == t_target`` exactly; ``callback(state, dt)`` after each step."""
+        while state.t < t_target:
+            dt = self.step(state, t_target)
+            if callback is not None:
+                callback(state, dt)
+        return state
