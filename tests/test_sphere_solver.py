@@ -144,7 +144,7 @@ def test_user_mesh_file_runs_and_broken_mesh_exits_2(tmp_path, capsys):
     good = pv.Sphere(theta_resolution=16, phi_resolution=12)
     good.save(tmp_path / "good.stl")
     broken = good.remove_cells([0])  # an open surface
-    broken.extract_surface().save(tmp_path / "broken.vtp")
+    broken.extract_surface(algorithm="dataset_surface").save(tmp_path / "broken.vtp")
     case = tmp_path / "c.toml"
     case.write_text('[domain]\nmanifold = "sphere"\nmesh = "good.stl"\n[model]\nbeta = 2.0\n'
                     '[initial]\nkind = "vmf"\ncenters = [[0, 0, 1]]\nkappas = [2.0]\n'
