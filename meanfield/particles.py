@@ -251,15 +251,12 @@ class ParticleSystem(Stepper):
         v0 = rhs(state.x)
         dt = self.auto_dt(v0) if self.dt == "auto" else self.dt
         dt = min(dt, self.dt_max)
-        remaining = t_limit - state.t
-        if dt >= remaining * (1.0 - 1e-9):
-            dt = remaining
+        dt = self.clip_step(state.t, dt, t_limit)
         x = self.integrator.step(rhs, state.x, dt, v0)
         if not np.all(np.isfinite(x)):
             raise NonFiniteStateError(f"t={state.t + dt:.6g}: a particle position became non-finite")
         state.x = x
-        state.t = t_limit if dt == remaining else state.t + dt
-        state.steps += 1
+        self.finish_step(state, dt, t_limit)
         return dt
 
 

@@ -128,9 +128,7 @@ class Simulation(Stepper):
         stage0 = self.fv.rhs(state.rho)
         un = stage0[1]
         dt = min(self.cfl * self.fv.cfl_dt(un), self.rate_cfl / self.rate, self.dt_max)
-        remaining = t_limit - state.t
-        if dt >= remaining * (1.0 - 1e-12):
-            dt = remaining
+        dt = self.clip_step(state.t, dt, t_limit)
         for _ in range(30):
             try:
                 rho = self.integrator.step(self.fv.rhs, state.rho, dt, stage0=stage0)
@@ -149,8 +147,7 @@ class Simulation(Stepper):
                 raise NonFiniteStateError(f"t={state.t + dt:.6g}: negative density {low:.3e}")
             rho = np.maximum(rho, 0.0)  # round-off at an emptied cell
         state.rho = rho
-        state.t = t_limit if dt == remaining else state.t + dt
-        state.steps += 1
+        self.finish_step(state, dt, t_limit)
         return dt
 
 

@@ -158,9 +158,7 @@ class SpectralCircleSimulation(Stepper):
         umax = float(np.abs(u).max())
         dt = min(self.dt_max, self.rate_cfl / self.rate,
                  self.cfl * self.mesh.h / umax if umax > 0 else math.inf)
-        remaining = t_limit - state.t
-        if dt >= remaining * (1.0 - 1e-12):
-            dt = remaining
+        dt = self.clip_step(state.t, dt, t_limit)
         if not math.isfinite(dt):
             raise NonFiniteStateError(f"t={state.t:.6g}: no finite step (zero velocity, no rate bound or t_limit)")
         k2 = self.rhs(rho + 0.5 * dt * k1)
@@ -170,8 +168,7 @@ class SpectralCircleSimulation(Stepper):
         if not np.all(np.isfinite(new)):
             raise NonFiniteStateError(f"t={state.t + dt:.6g}: the density became non-finite")
         state.rho = new
-        state.t = t_limit if dt == remaining else state.t + dt
-        state.steps += 1
+        self.finish_step(state, dt, t_limit)
         return dt
 
 

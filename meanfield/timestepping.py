@@ -72,8 +72,23 @@ class Stepper:
     implements ``step(state, t_limit) -> dt``, one step that lands exactly on ``t_limit``
     when it would reach it, and inherits :meth:`advance`."""
 
+    #: A remainder up to ``t_limit`` of at most this fraction of a step is absorbed into
+    #: the step, so that ``t_end = k dt`` takes k steps despite rounding in ``t``.
+    LANDING_SLACK = 1e-9
+
     def step(self, state, t_limit: float) -> float:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def clip_step(self, t: float, dt: float, t_limit: float) -> float:
+        """``dt``, or exactly the time left to ``t_limit`` when ``dt`` would reach it."""
+        remaining = t_limit - t
+        return remaining if dt >= remaining * (1.0 - self.LANDING_SLACK) else dt
+
+    @staticmethod
+    def finish_step(state, dt: float, t_limit: float) -> None:
+        """Move ``state.t`` by ``dt``, landing bitwise on ``t_limit`` when the step was clipped to it."""
+        state.t = t_limit if dt == t_limit - state.t else state.t + dt
+        state.steps += 1
 
     def advance(self, state, t_target: float, callback=None):
         """Step ``state`` until ``state.t == t_target`` exactly; ``callback(state, dt)`` after each step."""
