@@ -34,7 +34,8 @@ from .mesh import Mesh
 
 __all__ = ["FiniteVolume", "SCHEMES", "register_scheme"]
 
-#: name -> face-state function ``(fv, rho) -> values (N, f, q)`` at each cell's edge points.
+#: name -> face-state function ``(fv, rho, cells) -> values (n, f, q)`` at the edge points of
+#: the cells ``cells`` (an index array or a slice; all cells by default).
 SCHEMES: dict[str, Callable] = {}
 
 
@@ -52,23 +53,25 @@ def register_scheme(name: str, positivity_cfl: float):
 
 
 @register_scheme("upwind", positivity_cfl=1.0)
-def _upwind(fv: "FiniteVolume", rho: np.ndarray) -> np.ndarray:
-    return np.broadcast_to(rho[:, None, None], fv.mesh.face_displacement.shape[:3])
+def _upwind(fv: "FiniteVolume", rho: np.ndarray, cells=slice(None)) -> np.ndarray:
+    own = rho[cells]
+    return np.broadcast_to(own[:, None, None], (own.shape[0],) + fv.mesh.face_displacement.shape[1:3])
 
 
 @register_scheme("muscl", positivity_cfl=0.5)
-def _muscl(fv: "FiniteVolume", rho: np.ndarray) -> np.ndarray:
+def _muscl(fv: "FiniteVolume", rho: np.ndarray, cells=slice(None)) -> np.ndarray:
     mesh = fv.mesh
-    nb = rho[mesh.neighbors]  # (N, k)
-    grad = np.einsum("ndk,nk->nd", mesh.grad_operator, nb - rho[:, None])
-    delta = np.einsum("nd,nfqd->nfq", grad, mesh.face_displacement)
-    low, high = mesh.neighborhood_extrema(rho)
-    hi = np.minimum(high, 2.0 * rho)[:, None, None] - rho[:, None, None]
-    lo = np.maximum(low, 0.0)[:, None, None] - rho[:, None, None]
+    own = rho[cells]
+    nb = rho[mesh.neighbors[cells]]  # (n, k)
+    grad = np.einsum("ndk,nk->nd", mesh.grad_operator[cells], nb - own[:, None])
+    delta = np.einsum("nd,nfqd->nfq", grad, mesh.face_displacement[cells])
+    low, high = mesh.neighborhood_extrema(rho, cells)
+    hi = np.minimum(high, 2.0 * own)[:, None, None] - own[:, None, None]
+    lo = np.maximum(low, 0.0)[:, None, None] - own[:, None, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(delta > 0, hi / delta, np.where(delta < 0, lo / delta, 1.0))
     phi = np.clip(ratio.min(axis=(1, 2)), 0.0, 1.0)
-    return rho[:, None, None] + phi[:, None, None] * delta
+    return own[:, None, None] + phi[:, None, None] * delta
 
 
 class FiniteVolume:
@@ -81,64 +84,120 @@ class FiniteVolume:
         Backend evaluating X[mu] (``field(targets, sources, weights)``).
     scheme : str
         Key of :data:`SCHEMES`.
+    partition : meanfield.parallel.Partition, optional
+        This MPI rank's share of the cells. :meth:`rhs` then returns ``L`` on the owned cells
+        only; it evaluates the field at the edges of those cells alone, reconstructs face
+        values on the owned cells and the cells across their edges, and takes the step
+        bounds as minima over all ranks. The density passed in is always the whole one
+        (replicated by ``Allgatherv`` after each stage: it is the field's source measure
+        and holds every neighbour value the update needs).
     """
 
-    def __init__(self, mesh: Mesh, field: AttentionField, scheme: str = "muscl"):
+    def __init__(self, mesh: Mesh, field: AttentionField, scheme: str = "muscl", partition=None):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; choose one of {sorted(SCHEMES)}")
         self.mesh = mesh
         self.field = field
         self.scheme = scheme
+        self.partition = partition
         self._faces = SCHEMES[scheme]
         self.positivity_cfl = self._faces.positivity_cfl
         n, f = mesh.cell_edges.shape
-        self._targets = mesh.edge_points.reshape(-1, mesh.d)
-        # Slot (cell * f + local face) holding each edge's left and right state.
-        slots = np.arange(n * f).reshape(n, f)
-        self._left_slot = np.empty(mesh.n_edges, dtype=np.intp)
-        self._right_slot = np.empty(mesh.n_edges, dtype=np.intp)
-        left = mesh.cell_edge_sign > 0
-        self._left_slot[mesh.cell_edges[left]] = slots[left]
-        self._right_slot[mesh.cell_edges[~left]] = slots[~left]
+        if partition is None:
+            owned = np.arange(n)
+            edges = np.arange(mesh.n_edges)
+            self._owned = self._edges = self._stencil = slice(None)
+            stencil = owned
+        else:
+            owned = np.asarray(partition.cells, dtype=np.intp)
+            mask = np.zeros(n, dtype=bool)
+            mask[owned] = True
+            edges = np.flatnonzero(mask[mesh.edge_cells].any(axis=1))
+            # cells whose face values enter the fluxes: the owned ones first, then those across
+            stencil = np.concatenate([owned, np.setdiff1d(np.unique(mesh.edge_cells[edges]), owned)])
+            self._owned, self._edges, self._stencil = owned, edges, stencil
+        self.n_owned = owned.size
+        self._targets = mesh.edge_points[edges].reshape(-1, mesh.d)
+        self._normals = mesh.edge_normals[edges]
+        self._weights = mesh.edge_weights[edges]
+        self._areas = mesh.areas[owned]
+        # Row of each stencil cell, local index of each edge and owned cell.
+        row = np.full(n, -1, dtype=np.intp)
+        row[stencil] = np.arange(stencil.size)
+        local_edge = np.full(mesh.n_edges, -1, dtype=np.intp)
+        local_edge[edges] = np.arange(edges.size)
+        # Slot (stencil row * f + local face) holding each local edge's left and right state.
+        slots = row[:, None] * f + np.arange(f)
+        self._left_slot = np.empty(edges.size, dtype=np.intp)
+        self._right_slot = np.empty(edges.size, dtype=np.intp)
+        cs = mesh.cell_edges[stencil]
+        left = mesh.cell_edge_sign[stencil] > 0
+        le = local_edge[cs]
+        use = le >= 0
+        self._left_slot[le[left & use]] = slots[stencil][left & use]
+        self._right_slot[le[~left & use]] = slots[stencil][~left & use]
+        # Owned cell (0..n_owned-1) on each side of each local edge; n_owned where not owned.
+        side = np.full(n, self.n_owned, dtype=np.intp)
+        side[owned] = np.arange(self.n_owned)
+        self._left_cell = side[mesh.edge_cells[edges, 0]]
+        self._right_cell = side[mesh.edge_cells[edges, 1]]
+        self._cell_edges = local_edge[mesh.cell_edges[owned]]
 
     def masses(self, rho: np.ndarray) -> np.ndarray:
         return rho * self.mesh.areas
 
     def normal_velocity(self, rho: np.ndarray) -> np.ndarray:
-        """``X[mu] . n`` at every edge quadrature point, shape ``(E, q)``."""
+        """``X[mu] . n`` at the quadrature points of the (local) edges, shape ``(E, q)``."""
         mesh = self.mesh
-        x = self.field(self._targets, mesh.centers, self.masses(rho))
-        return np.einsum("eqd,eqd->eq", x.reshape(mesh.edge_normals.shape), mesh.edge_normals)
+        masses = self.masses(rho)
+        if self.partition is None:
+            x = self.field(self._targets, mesh.centers, masses)
+        else:
+            x = self.partition.field(self.field, self._targets, mesh.centers, masses)
+        return np.einsum("eqd,eqd->eq", x.reshape(self._normals.shape), self._normals)
 
     def velocity_at_centers(self, rho: np.ndarray) -> np.ndarray:
-        """The field X at the cell centres, ``(N, d)`` (for output)."""
-        return self.field(self.mesh.centers, self.mesh.centers, self.masses(rho))
+        """The field X at the cell centres, ``(N, d)`` (for output; every rank gets all)."""
+        mesh = self.mesh
+        masses = self.masses(rho)
+        if self.partition is None:
+            return self.field(mesh.centers, mesh.centers, masses)
+        local = self.partition.field(self.field, mesh.centers[self._owned], mesh.centers, masses)
+        return self.partition.gather(local)
 
     def rhs(self, rho: np.ndarray, un: np.ndarray | None = None):
-        """``(L(rho), un, dt_pos)``: the time derivative of the cell averages, the edge
-        normal velocities used, and the largest forward-Euler step keeping ``rho >= 0``."""
-        mesh = self.mesh
+        """``(L(rho), un, dt_pos)``: the time derivative of the (owned) cell averages, the
+        edge normal velocities used, and the largest forward-Euler step keeping ``rho >= 0``
+        (over all ranks). ``rho`` is the whole density."""
         if un is None:
             un = self.normal_velocity(rho)
-        values = self._faces(self, rho).reshape(-1, un.shape[1])
+        values = self._faces(self, rho, self._stencil).reshape(-1, un.shape[1])
         up = np.maximum(un, 0.0)
         down = np.minimum(un, 0.0)
-        wl = mesh.edge_weights * up * values[self._left_slot]  # left -> right
-        wr = mesh.edge_weights * down * values[self._right_slot]  # right -> left (<= 0)
+        wl = self._weights * up * values[self._left_slot]  # left -> right
+        wr = self._weights * down * values[self._right_slot]  # right -> left (<= 0)
         flux = (wl + wr).sum(axis=1)
-        n = mesh.n_cells
-        dm = np.bincount(mesh.edge_cells[:, 1], flux, minlength=n) - np.bincount(mesh.edge_cells[:, 0], flux, minlength=n)
-        outflow = np.bincount(mesh.edge_cells[:, 0], wl.sum(axis=1), minlength=n) - np.bincount(
-            mesh.edge_cells[:, 1], wr.sum(axis=1), minlength=n
-        )
+        n = self.n_owned
+        # (an extra bin n collects the sides that belong to other ranks)
+        dm = (np.bincount(self._right_cell, flux, minlength=n + 1) - np.bincount(self._left_cell, flux, minlength=n + 1))[:n]
+        outflow = (np.bincount(self._left_cell, wl.sum(axis=1), minlength=n + 1)
+                   - np.bincount(self._right_cell, wr.sum(axis=1), minlength=n + 1))[:n]
+        own = rho[self._owned]
         with np.errstate(divide="ignore", invalid="ignore"):
-            dt_pos = np.min(np.where(outflow > 0, rho * mesh.areas / outflow, np.inf))
-        return dm / mesh.areas, un, float(dt_pos)
+            dt_pos = float(np.min(np.where(outflow > 0, own * self._areas / outflow, np.inf), initial=np.inf))
+        lu = dm / self._areas
+        if self.partition is not None:
+            # one reduction: the step bound, and whether any rank's derivative is not finite
+            # (then every rank sees a non-finite derivative and fails the same stage)
+            dt_pos, finite = self.partition.min_and_all(dt_pos, bool(np.all(np.isfinite(lu))))
+            if not finite:
+                lu = np.full_like(lu, np.nan)
+        return lu, un, dt_pos
 
     def cfl_dt(self, un: np.ndarray) -> float:
         """``min_i |C_i| / sum_{edges of i} w |u|``: a CFL number of 1 per unit of this step."""
-        mesh = self.mesh
-        speed = (mesh.edge_weights * np.abs(un)).sum(axis=1)
-        per_cell = speed[mesh.cell_edges].sum(axis=1)
+        speed = (self._weights * np.abs(un)).sum(axis=1)
+        per_cell = speed[self._cell_edges].sum(axis=1)
         with np.errstate(divide="ignore"):
-            return float(np.min(np.where(per_cell > 0, mesh.areas / per_cell, np.inf)))
+            dt = float(np.min(np.where(per_cell > 0, self._areas / per_cell, np.inf), initial=np.inf))
+        return dt if self.partition is None else self.partition.min(dt)

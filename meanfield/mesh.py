@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-__all__ = ["Mesh", "CircleMesh", "log_map"]
+__all__ = ["Mesh", "CircleMesh", "log_map", "morton_order"]
 
 
 def log_map(base: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -103,11 +103,19 @@ class Mesh:
         # CFL geometry: boundary measure of each cell.
         self.perimeter = np.sum(self.edge_weights[self.cell_edges], axis=(1, 2))
 
-    def neighborhood_extrema(self, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Smallest and largest average over each cell and the cells around it: the bounds
-        of the slope limiter. Default: the cells across the edges."""
-        nb = rho[self.neighbors]
-        return np.minimum(rho, nb.min(axis=1)), np.maximum(rho, nb.max(axis=1))
+    def neighborhood_extrema(self, rho: np.ndarray, cells=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Smallest and largest average over each cell of ``cells`` (an index array or a
+        slice; default all) and the cells around it: the bounds of the slope limiter.
+        Default: the cells across the edges."""
+        nb = rho[self.neighbors[cells]]
+        own = rho[cells]
+        return np.minimum(own, nb.min(axis=1)), np.maximum(own, nb.max(axis=1))
+
+    def sfc_order(self) -> np.ndarray | None:
+        """Cells in the order of a space-filling curve (for the MPI split: a contiguous run
+        of this order is a compact patch), or ``None`` when the cells are numbered that way
+        already. Default: the Morton (Z-order) curve of the cell centres, 21 bits per axis."""
+        return morton_order(self.centers)
 
     def validate(self) -> None:
         """Consistency checks every mesh must pass (used by tests and loaders)."""
@@ -162,9 +170,26 @@ class CircleMesh(Mesh):
     def max_degree(self) -> int:
         return self.n_cells // 2
 
+    def sfc_order(self) -> None:
+        """Cells are numbered along the circle already."""
+        return None
+
     def tangent(self, points: np.ndarray) -> np.ndarray:
         """Unit tangent (direction of increasing angle) at points of the circle."""
         return np.stack([-points[..., 1], points[..., 0]], axis=-1)
+
+
+def morton_order(points: np.ndarray) -> np.ndarray:
+    """The permutation sorting ``points`` (in [-1, 1]^d, d <= 3) along the Morton
+    (Z-order) curve: coordinates quantized to 21 bits and their bits interleaved."""
+    pts = np.asarray(points, dtype=float)
+    q = np.clip(((pts + 1.0) * 0.5 * (1 << 21)).astype(np.int64), 0, (1 << 21) - 1).astype(np.uint64)
+    d = pts.shape[1]
+    key = np.zeros(pts.shape[0], dtype=np.uint64)
+    for bit in range(21):
+        for axis in range(d):
+            key |= ((q[:, axis] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(bit * d + axis)
+    return np.argsort(key, kind="stable")
 
 
 def _unit(theta: np.ndarray) -> np.ndarray:

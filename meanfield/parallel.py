@@ -1,15 +1,28 @@
-"""MPI: the one owner of the communicator, and the target split of the nonlocal convolution.
+"""MPI: the one owner of the communicator, and the domain split of the solvers.
 
 Nothing else in the package touches MPI, and mpi4py is imported only when a
 :class:`Distributor` is created (never at package import), so serial runs need no MPI.
 
-What is split (this first step of the MPI work): the field evaluation, which costs
-O(targets x sources) per stage. Each rank evaluates a contiguous, balanced share of the
-targets (edge quadrature points, cell centres, particles) with the same backend and the
-same per-target code as a serial run, and the shares are gathered with ``Allgatherv``.
-Sources (cell masses, particle weights) are replicated: every rank holds the whole state
-and performs the O(N) finite-volume update itself. Results therefore do not depend on the
-number of ranks beyond round-off. Rank 0 writes the outputs and shows the progress bar.
+Finite volumes (:class:`Partition`). The cells are ordered along a space-filling curve
+(:meth:`~meanfield.mesh.Mesh.sfc_order`: the refinement tree of icosahedral meshes, the
+circle's own order, the Morton curve of the centres for other meshes) and each rank owns a
+contiguous, balanced run of that order. A rank evaluates the field only at the quadrature
+points of its cells' edges, reconstructs face values only on its cells and the cells across
+their edges, and updates only its cells; the new averages are replicated with
+``Allgatherv`` after every stage -- they are the source measure of the next field
+evaluation (direct backend) and hold every neighbour value the update needs. With the
+spectral backend each rank sums the coefficients of its own cells and the partial sums are
+added with ``Allreduce``. The step bounds (CFL, positivity) are minima over the ranks
+(``Allreduce``), so every rank takes the same steps.
+
+Particles (:class:`DistributedField`). Each rank evaluates the field at a contiguous,
+balanced share of the particles (spectral backend: from the coefficients of its share of
+the sources, summed with ``Allreduce``); the shares are gathered with ``Allgatherv`` and
+the O(n) particle update is done on every rank.
+
+Results therefore do not depend on the number of ranks beyond round-off (the order of
+the sums). Rank 0 writes the outputs and shows the progress bar. An exception on any rank
+inside a field evaluation ends the whole job (``Abort``) with its message.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["Distributor", "DistributedField", "launched_under_mpi"]
+__all__ = ["Distributor", "DistributedField", "Partition", "launched_under_mpi"]
 
 #: Environment variables set by MPI launchers (MPICH/Hydra, Open MPI, Slurm's PMI2).
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
@@ -74,6 +87,23 @@ class Distributor:
         self.comm.Allgatherv([local, MPI.DOUBLE], [out, (counts, displs), MPI.DOUBLE])
         return out
 
+    def allreduce_sum(self, coeffs):
+        """Elementwise sum over the ranks of an array (or a tuple of arrays)."""
+        from mpi4py import MPI
+
+        if isinstance(coeffs, (tuple, list)):
+            return type(coeffs)(self.allreduce_sum(c) for c in coeffs)
+        buf = np.ascontiguousarray(coeffs).copy()
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return buf
+
+    def allreduce_min(self, values: np.ndarray) -> np.ndarray:
+        from mpi4py import MPI
+
+        buf = np.array(values, dtype=float)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MIN)
+        return buf
+
     def bcast(self, value):
         return self.comm.bcast(value, root=0)
 
@@ -84,8 +114,65 @@ class Distributor:
         self.comm.Abort(code)
 
 
+def split_evaluate(field, dist: Distributor, targets, sources, weights, part):
+    """The field of the whole measure ``(sources, weights)`` at ``targets`` (this rank's
+    targets). A backend with coefficients (spectral) sums only the sources ``part`` (this
+    rank's share) and the partial coefficients are added over the ranks; the direct backend
+    sums over all sources. An exception ends the whole job."""
+    try:
+        if hasattr(field, "coefficients"):
+            coeffs = dist.allreduce_sum(field.coefficients(np.asarray(sources)[part], np.asarray(weights)[part]))
+            return field.evaluate(targets, coeffs, sources, weights)
+        return field(targets, sources, weights)
+    except Exception as exc:  # noqa: BLE001 -- end every rank, not just this one
+        dist.abort(f"meanfield: run failed on rank {dist.rank}: {type(exc).__name__}: {exc}")
+        raise
+
+
+class Partition:
+    """This rank's share of a mesh's cells for the finite-volume split.
+
+    ``cells`` are the owned cells: a contiguous, balanced run of the mesh's space-filling
+    curve order. :meth:`gather` replicates per-cell values of every rank (``Allgatherv``).
+    """
+
+    def __init__(self, dist: Distributor, mesh):
+        self.dist = dist
+        self.n = mesh.n_cells
+        self.order = mesh.sfc_order()
+        share = dist.share(self.n)
+        self.cells = np.arange(share.start, share.stop) if self.order is None else np.sort(self.order[share])
+        # gather: rows arrive in curve order of the shares; each share is sorted by cell index
+        if self.order is not None:
+            counts = dist.counts(self.n)
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            self._placement = np.concatenate([np.sort(self.order[bounds[r]:bounds[r + 1]]) for r in range(dist.size)])
+
+    def gather(self, local: np.ndarray) -> np.ndarray:
+        """Per-cell values of the owned cells (in the order of :attr:`cells`) -> all cells."""
+        rows = self.dist.allgather_rows(local, self.n)
+        if self.order is None:
+            return rows
+        out = np.empty_like(rows)
+        out[self._placement] = rows
+        return out
+
+    def field(self, field, targets, sources, weights):
+        """The field of the whole cell measure at this rank's targets (see :func:`split_evaluate`)."""
+        return split_evaluate(field, self.dist, targets, sources, weights, self.cells)
+
+    def min(self, value: float) -> float:
+        return float(self.dist.allreduce_min([value])[0])
+
+    def min_and_all(self, value: float, flag: bool) -> tuple[float, bool]:
+        """The smallest ``value`` and whether ``flag`` holds on every rank, in one reduction."""
+        got = self.dist.allreduce_min([value, 1.0 if flag else 0.0])
+        return float(got[0]), bool(got[1] > 0.5)
+
+
 class DistributedField:
-    """Any attention-field backend with its targets split across the ranks of ``dist``."""
+    """Any attention-field backend with its targets split across the ranks of ``dist``
+    (and, for a spectral backend, the coefficient sums over the sources)."""
 
     def __init__(self, field, dist: Distributor):
         self.field = field
@@ -95,9 +182,6 @@ class DistributedField:
 
     def __call__(self, targets, sources, weights):
         n = len(targets)
-        try:
-            local = self.field(np.asarray(targets)[self.dist.share(n)], sources, weights)
-        except Exception as exc:  # noqa: BLE001 -- end every rank, not just this one
-            self.dist.abort(f"meanfield: run failed on rank {self.dist.rank}: {type(exc).__name__}: {exc}")
-            raise
+        local = split_evaluate(self.field, self.dist, np.asarray(targets)[self.dist.share(n)], sources, weights,
+                               self.dist.share(len(weights)))
         return self.dist.allgather_rows(local, n)

@@ -98,6 +98,9 @@ class Simulation(Stepper):
         Step bounds (see module docstring).
     backend, tolerance :
         Field backend when ``field`` is not given (:func:`make_field`).
+    dist : meanfield.parallel.Distributor, optional
+        With more than one rank the cells are split (:class:`~meanfield.parallel.Partition`):
+        each rank updates its own; ``state.rho`` stays the whole density on every rank.
     integrator : SSPRK
         Time integrator (default SSP-RK3).
     """
@@ -111,10 +114,16 @@ class Simulation(Stepper):
             raise ValueError(f"cfl must be in (0, 1], got {cfl}")
         self.mesh = mesh
         self.model = model
+        self.partition = None
+        if dist is not None and dist.size > 1:
+            from .parallel import Partition
+
+            self.partition = Partition(dist, mesh)
         if field is None:
+            # (the domain split takes care of MPI: the backend itself is the serial one)
             field = make_field(model, backend, tolerance, n_targets=mesh.edge_points.shape[0] * mesh.edge_points.shape[1],
-                               n_sources=mesh.n_cells, dist=dist)
-        self.fv = FiniteVolume(mesh, field, scheme)
+                               n_sources=mesh.n_cells)
+        self.fv = FiniteVolume(mesh, field, scheme, partition=self.partition)
         self.cfl = cfl
         self.rate_cfl = rate_cfl
         self.dt_max = dt_max
@@ -129,9 +138,16 @@ class Simulation(Stepper):
         un = stage0[1]
         dt = min(self.cfl * self.fv.cfl_dt(un), self.rate_cfl / self.rate, self.dt_max)
         dt = self.clip_step(state.t, dt, t_limit)
+        if self.partition is None:
+            operator, u0 = self.fv.rhs, state.rho
+        else:  # the integrator updates the owned cells; each stage replicates the density
+            def operator(u):
+                return self.fv.rhs(self.partition.gather(u))
+
+            u0 = state.rho[self.partition.cells]
         for _ in range(30):
             try:
-                rho = self.integrator.step(self.fv.rhs, state.rho, dt, stage0=stage0)
+                rho = self.integrator.step(operator, u0, dt, stage0=stage0)
                 break
             except StepRejected as rej:
                 self.rejected += 1
@@ -139,6 +155,8 @@ class Simulation(Stepper):
                 dt = 0.9 * rej.dt_allowed
         else:
             raise NonFiniteStateError(f"t={state.t:.6g}: no admissible step found (dt fell to {dt:.3e})")
+        if self.partition is not None:
+            rho = self.partition.gather(rho)
         if not np.all(np.isfinite(rho)):
             raise NonFiniteStateError(f"t={state.t + dt:.6g}: the density became non-finite")
         low = rho.min()

@@ -413,9 +413,27 @@ class SpectralCircleField:
 
     # -----------------------------------------------------------------------------------
     def __call__(self, targets, sources, weights):
+        x, y, w = check_field_inputs(self.model, targets, sources, weights)
+        return self.evaluate(x, self.coefficients(y, w), y, w)
+
+    def coefficients(self, sources, weights) -> np.ndarray:
+        """The source moments ``c_n = sum_j w_j e^{i n s_j}``, ``n = 0..L+1``: linear in the
+        weights, so partial sums over parts of the measure (MPI ranks) add up."""
+        _, y, w = check_field_inputs(self.model, np.zeros((0, 2)), sources, weights, partial=True)
+        keep = w > 0
+        y, w = y[keep], w[keep]
+        zs = (y[:, 0] + 1j * y[:, 1]) / np.hypot(y[:, 0], y[:, 1])
+        with single_thread_blas():
+            return self._moments(zs, w, self.truncation + 1)
+
+    def evaluate(self, targets, coeffs, sources, weights) -> np.ndarray:
+        """The field at ``targets`` from the moments ``coeffs`` (:meth:`coefficients`) of the
+        measure ``(sources, weights)``; the measure itself is used only by the SA targets
+        that fall back to the direct sums."""
         model = self.model
         x, y, w = check_field_inputs(self.model, targets, sources, weights)
-        total = float(w.sum())
+        c = np.asarray(coeffs)
+        total = float(c[0].real)
         self.last_fallback = 0
         out = np.empty_like(x)
         if x.shape[0] == 0:
@@ -431,15 +449,11 @@ class SpectralCircleField:
                     f"(exp overflows above {math.log(np.finfo(float).max):.0f}); use SA "
                     f"(model.kind = \"SA\") or a smaller beta"
                 )
-        if total == 0.0:  # USA without mass
+        if not total > 0.0:  # USA without mass
             out[:] = 0.0
             return out
-        keep = w > 0
-        y, w = y[keep], w[keep]
         zt = np.where(rho > 0, (g[:, 0] + 1j * g[:, 1]) / np.where(rho > 0, rho, 1.0), 1.0)
-        zs = (y[:, 0] + 1j * y[:, 1]) / np.hypot(y[:, 0], y[:, 1])
         with single_thread_blas():
-            c = self._moments(zs, w, self.truncation + 1)
             D = self._coefficients(c)
             if self.constant_rho:
                 F = self._evaluate_constant(zt, D * self._ive[:, None])
@@ -458,7 +472,8 @@ class SpectralCircleField:
                 out[good] = num[good] / z[good, None]
                 if self._direct is None:
                     self._direct = DirectField(model)
-                out[low] = self._direct(x[low], y, w)
+                keep = w > 0
+                out[low] = self._direct(x[low], y[keep], w[keep])
                 self.last_fallback = nlow
         else:
             # Constant |A^T x|: the Bessel factors were scaled by e^{-(r1 + r2)} for all targets.

@@ -374,16 +374,46 @@ class SphereMesh(Mesh):
         harmonic degree of freedom (icosahedral level 4: 50, level 6: 202)."""
         return int(math.isqrt(self.n_cells // 2))
 
-    def neighborhood_extrema(self, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Extrema over every cell sharing a vertex with the cell (the limiter's stencil)."""
-        tri = self.triangles
-        flat = tri.ravel()
-        values = np.repeat(rho, 3)
-        vmin = np.full(self.n_vertices, np.inf)
-        vmax = np.full(self.n_vertices, -np.inf)
-        np.minimum.at(vmin, flat, values)
-        np.maximum.at(vmax, flat, values)
-        return vmin[tri].min(axis=1), vmax[tri].max(axis=1)
+    def neighborhood_extrema(self, rho: np.ndarray, cells=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Extrema over every cell sharing a vertex with each cell of ``cells`` (index array
+        or slice; default all): the limiter's stencil."""
+        if isinstance(cells, slice) and cells == slice(None):
+            tri = self.triangles
+            flat = tri.ravel()
+            values = np.repeat(rho, 3)
+            vmin = np.full(self.n_vertices, np.inf)
+            vmax = np.full(self.n_vertices, -np.inf)
+            np.minimum.at(vmin, flat, values)
+            np.maximum.at(vmax, flat, values)
+            return vmin[tri].min(axis=1), vmax[tri].max(axis=1)
+        # a part of the mesh (one MPI rank's cells): only the vertices those cells touch
+        ring = rho[self.vertex_cells[self.triangles[cells]]]  # (n, 3, valence)
+        return ring.min(axis=(1, 2)), ring.max(axis=(1, 2))
+
+    @property
+    def vertex_cells(self) -> np.ndarray:
+        """``(V, k)``: the cells around each vertex, padded by repeating the first one."""
+        if getattr(self, "_vertex_cells", None) is None:
+            flat = self.triangles.ravel()
+            order = np.argsort(flat, kind="stable")
+            counts = np.bincount(flat, minlength=self.n_vertices)
+            k = max(int(counts.max()), 1)
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            rank = np.arange(flat.size) - np.repeat(starts, counts)
+            table = np.empty((self.n_vertices, k), dtype=np.int64)
+            cell_of = order // 3
+            table[:] = np.where(counts > 0, cell_of[np.minimum(starts, flat.size - 1)], 0)[:, None]
+            table[flat[order], rank] = cell_of
+            self._vertex_cells = table
+        return self._vertex_cells
+
+    def sfc_order(self) -> np.ndarray | None:
+        """``None`` for icosahedral meshes (their cells are numbered along the refinement
+        tree: the children of cell i are 4i..4i+3, a space-filling curve); the Morton order
+        of the cell centres otherwise."""
+        if getattr(self, "icosahedral_level", None) is not None:
+            return None
+        return super().sfc_order()
 
     def cell_quadrature(self, degree: int, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Points ``(N, n, 3)`` and weights ``(N, n)`` of a quadrature on every cell.
@@ -645,14 +675,18 @@ def load_icosahedral_arrays(level: int) -> tuple[np.ndarray, np.ndarray]:
 def load_icosahedral(level: int, edge_points: int = 1, check: bool = False) -> SphereMesh:
     """The icosahedral mesh of ``level`` (0..10) from the shipped / cached files."""
     v, t = load_icosahedral_arrays(level)
-    return SphereMesh(v, t, edge_points=edge_points, check=check)
+    mesh = SphereMesh(v, t, edge_points=edge_points, check=check)
+    mesh.icosahedral_level = level
+    return mesh
 
 
 def icosahedral(level: int, edge_points: int = 1, check: bool = False) -> SphereMesh:
     """The icosahedral geodesic mesh of ``level``, generated from scratch (same arrays as
     :func:`load_icosahedral`, which is faster for levels shipped or cached)."""
     v, t = icosahedral_arrays(level)
-    return SphereMesh(v, t, edge_points=edge_points, check=check)
+    mesh = SphereMesh(v, t, edge_points=edge_points, check=check)
+    mesh.icosahedral_level = level
+    return mesh
 
 
 # ---------------------------------------------------------------------------------------

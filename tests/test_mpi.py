@@ -63,11 +63,28 @@ def write(tmp_path, name, text):
     return path
 
 
+def user_mesh(tmp_path):
+    """Icosahedral level 2 with its cells numbered at random, as a user's mesh file (the
+    split orders such cells along the Morton curve)."""
+    import pyvista as pv
+
+    from meanfield.sphere import icosahedral
+
+    mesh = icosahedral(2)
+    perm = np.random.default_rng(5).permutation(mesh.n_cells)
+    path = tmp_path / "user.vtp"
+    pv.PolyData.from_regular_faces(mesh.vertices, mesh.triangles[perm]).save(path)
+    return path
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 @pytest.mark.parametrize("manifold, backend", [("circle", "direct"), ("circle", "spectral"),
-                                               ("sphere", "direct"), ("sphere", "spectral")])
+                                               ("sphere", "direct"), ("sphere", "spectral"), ("user", "direct")])
 def test_pde_is_independent_of_the_number_of_ranks(tmp_path, ranks, manifold, backend):
-    case = write(tmp_path, "c.toml", CIRCLE if manifold == "circle" else SPHERE)
+    text = CIRCLE if manifold == "circle" else SPHERE
+    if manifold == "user":
+        text = text.replace('"icosahedral:2"', f'"{user_mesh(tmp_path)}"')
+    case = write(tmp_path, "c.toml", text)
     common = ("--set", f'solver.backend="{backend}"', "--quiet")
     serial = launch(1, "run", case, "--out", tmp_path / "serial", *common)
     assert serial.returncode == 0, serial.stderr

@@ -1,0 +1,88 @@
+"""The finite-volume domain split, checked serially: each rank's share of the update,
+assembled, is the serial update (no MPI needed: a stand-in for the communicator)."""
+
+import numpy as np
+import pytest
+
+import meanfield as mf
+from meanfield.finite_volume import FiniteVolume
+from meanfield.mesh import CircleMesh, morton_order
+from meanfield.parallel import Distributor, Partition
+from meanfield.sphere import SphereMesh, icosahedral
+
+
+class _Comm:
+    """The parts of a communicator a Partition's construction uses (one of ``size`` ranks)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+
+class _Dist(Distributor):
+    def allreduce_min(self, values):  # one process: the local value
+        return np.array(values, dtype=float)
+
+
+def _shuffled(mesh, seed=0):
+    """The same triangulation with its cells numbered at random (a user mesh)."""
+    perm = np.random.default_rng(seed).permutation(mesh.n_cells)
+    return SphereMesh(mesh.vertices, mesh.triangles[perm])
+
+
+@pytest.mark.parametrize("size", [2, 3, 7])
+@pytest.mark.parametrize("kind", ["circle", "icosahedral", "user"])
+@pytest.mark.parametrize("scheme", ["upwind", "muscl"])
+def test_the_shares_of_the_update_assemble_to_the_serial_update(kind, scheme, size):
+    mesh = {"circle": lambda: CircleMesh(96), "icosahedral": lambda: icosahedral(2),
+            "user": lambda: _shuffled(icosahedral(2))}[kind]()
+    model = mf.AttentionModel(d=mesh.d, beta=4.0)
+    field = mf.DirectField(model)
+    rng = np.random.default_rng(size)
+    rho = 1.0 + 0.5 * rng.random(mesh.n_cells)
+    rho[rng.random(mesh.n_cells) < 0.1] = 0.0  # empty cells: the limiter's bounds matter
+    serial = FiniteVolume(mesh, field, scheme)
+    want, un, dt_pos = serial.rhs(rho)
+    got = np.full(mesh.n_cells, np.nan)
+    owners = np.zeros(mesh.n_cells, dtype=int)
+    smallest = np.inf
+    for rank in range(size):
+        part = Partition(_Dist(_Comm(rank, size)), mesh)
+        owners[part.cells] += 1
+        fv = FiniteVolume(mesh, field, scheme, partition=part)
+        lu, _, dt_rank = fv.rhs(rho)
+        got[part.cells] = lu
+        smallest = min(smallest, dt_rank)
+        # each rank evaluates the field only at its own cells' edges
+        assert fv._targets.shape[0] < serial._targets.shape[0]
+    assert np.all(owners == 1)  # every cell owned exactly once
+    assert np.max(np.abs(got - want)) <= 1e-13 * np.abs(want).max()
+    assert smallest == pytest.approx(dt_pos, rel=1e-14)
+
+
+def test_shares_are_compact_along_the_curve():
+    """A rank's cells form a compact patch: few of its edges are shared with other ranks."""
+    for mesh in (icosahedral(4), _shuffled(icosahedral(4), seed=3)):
+        part = Partition(_Dist(_Comm(1, 4)), mesh)
+        mask = np.zeros(mesh.n_cells, dtype=bool)
+        mask[part.cells] = True
+        sides = mask[mesh.edge_cells]
+        interface = np.count_nonzero(sides[:, 0] != sides[:, 1])
+        inside = np.count_nonzero(sides.all(axis=1))
+        assert interface < 0.12 * inside, (interface, inside)
+        # a random quarter of the cells would cut about 3/4 of their edges
+        assert part.cells.size in (mesh.n_cells // 4, mesh.n_cells // 4 + 1)
+
+
+def test_morton_order_is_a_permutation_following_the_curve():
+    pts = np.random.default_rng(0).uniform(-1, 1, size=(1000, 3))
+    order = morton_order(pts)
+    assert np.array_equal(np.sort(order), np.arange(1000))
+    # consecutive points along the curve are much closer than random pairs
+    step = np.linalg.norm(np.diff(pts[order], axis=0), axis=1).mean()
+    assert step < 0.35 * np.linalg.norm(pts[1:] - pts[:-1], axis=1).mean()
