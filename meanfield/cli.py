@@ -1,7 +1,7 @@
 """Command line::
 
-    meanfield run CASE.toml [--set KEY=VALUE ...] [--out DIR] [--quiet]
-    meanfield particles CASE.toml [--n N] [--seed S] [--set ...] [--out DIR]
+    meanfield run CASE.toml [--set KEY=VALUE ...] [--out DIR] [--restart DIR] [--quiet]
+    meanfield particles CASE.toml [--n N] [--seed S] [--set ...] [--out DIR] [--restart DIR]
     meanfield compare CASE.toml --particles N1,N2,... [--seeds S] [--metric NAME] [--set ...] [--out DIR]
 
 
@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a case entry, e.g. --set model.beta=4 (repeatable)")
         q.add_argument("--out", help="output directory (default: runs/<case name>)")
         q.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    for q in (r, pa):
+        q.add_argument("--restart", metavar="DIR",
+                       help="continue the stopped run in DIR from its last complete snapshot, writing into DIR "
+                            "(the case must be DIR's but for solver.t_end)")
     return p
 
 
@@ -131,15 +135,22 @@ def main(argv=None) -> int:
         try:
             case = load_case(args.case, list(args.overrides) + flag_items)
             set_keys |= {parse_override(item)[0] for item in args.overrides}
-            out = Path(args.out) if args.out else Path("runs") / Path(args.case).stem
+            restart = getattr(args, "restart", None)
+            if restart is not None:
+                from .run import restart_directory
+
+                out = restart_directory(args.out, restart)  # --out, if given, must name the same directory
+            else:
+                out = Path(args.out) if args.out else Path("runs") / Path(args.case).stem
             progress = not args.quiet and sys.stderr.isatty()
             source = str(Path(args.case))
             if args.command == "run":
-                run_case(case, out_dir=out, progress=progress, source=source, dist=dist)
+                run_case(case, out_dir=out, progress=progress, source=source, dist=dist, restart=restart is not None)
             elif args.command == "particles":
                 from .particle_run import run_particles
 
-                run_particles(case, out_dir=out, progress=progress, source=source, dist=dist)
+                run_particles(case, out_dir=out, progress=progress, source=source, dist=dist,
+                              restart=restart is not None)
             else:
                 from .particle_run import run_compare
 

@@ -8,6 +8,10 @@ Layout (see ``docs/outputs.md``)::
     DIR/snapshots/NNNNN.npz  t, points, masses, areas, density, velocity, ...
     DIR/final.npz            the state at t_end
     DIR/*.png                pictures
+
+:func:`read_run` reads a directory back for ``--restart``: the last snapshot index ``k``
+such that every product of the indices ``0..k`` is complete, and the diagnostics rows up
+to ``k``; :meth:`RunWriter.resume` removes what lies beyond ``k`` and continues.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import io
 import os
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "RunWriter"]
+__all__ = ["atomic_write", "RunWriter", "SavedRun", "RestartError", "read_run"]
 
 
 def _umask() -> int:
@@ -88,20 +93,40 @@ class RunWriter:
 
     #: What a run writes; a new run into the same directory removes the previous run's.
     PRODUCTS = ("snapshots/*.npz", "vtk/*.vtp", "final.npz", "last_good.npz", "*.pvd", "*.png", "diagnostics.csv")
+    #: Products that describe the end of a run; a restarted run removes them and writes them anew.
+    END_PRODUCTS = ("final.npz", "last_good.npz", "*.png")
+    #: Temporary files a killed run may have left (:func:`atomic_write`, :class:`VtkSeries`);
+    #: removed by :meth:`prepare`, fresh or not.
+    LEFTOVERS = (".write-test.*.tmp", ".case.toml.*.tmp", ".diagnostics.csv.*.tmp", ".final.npz.*.tmp",
+                 ".last_good.npz.*.tmp", ".solution.pvd.*.tmp", "snapshots/.*.npz.*.tmp", "vtk/.*.vtp")
 
     def prepare(self, fresh: bool = True) -> None:
         """Create the directory and check it is writable (before the run starts). With
         ``fresh``, files a previous run left there (:attr:`PRODUCTS`) are removed so no
-        stale snapshot survives; nothing else in the directory is touched."""
+        stale snapshot survives; temporary files of a killed run (:attr:`LEFTOVERS`) are
+        removed either way; nothing else in the directory is touched."""
         self.snap_dir.mkdir(parents=True, exist_ok=True)
         for folder in (self.dir, self.snap_dir):
             fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
             os.close(fd)
             os.unlink(probe)
-        if fresh:
-            for pattern in self.PRODUCTS:
-                for old in self.dir.glob(pattern):
-                    old.unlink()
+        for pattern in (self.PRODUCTS if fresh else ()) + self.LEFTOVERS:
+            for old in self.dir.glob(pattern):
+                _unlink(old)
+
+    def resume(self, saved: "SavedRun") -> None:
+        """Continue the run read back by :func:`read_run` (after :meth:`prepare` with
+        ``fresh=False``): remove the products of indices after ``saved.index`` and those
+        of the end of the run (:attr:`END_PRODUCTS`), and rewrite ``diagnostics.csv`` with
+        the rows up to ``saved.index``. Every intermediate state of the directory is
+        itself restartable from ``saved.index``."""
+        for path in saved.stale:
+            _unlink(path)
+        for pattern in self.END_PRODUCTS:
+            for old in self.dir.glob(pattern):
+                _unlink(old)
+        self.rows = list(saved.rows)
+        self.write_diagnostics()
 
     def write_case(self, case_data: dict) -> None:
         import tomli_w
@@ -129,3 +154,143 @@ class RunWriter:
         path = self.dir / name
         atomic_write(path, npz_bytes(**arrays))
         return path
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:  # gone already
+        pass
+
+
+# -- reading a run directory back (restart) ---------------------------------------------------------
+class RestartError(ValueError):
+    """The directory holds no run that can be continued (the reason, one line)."""
+
+
+@dataclass
+class SavedRun:
+    """A run directory read back by :func:`read_run`.
+
+    ``index`` is the last snapshot k such that every product of the indices 0..k is
+    complete; ``arrays`` holds all arrays of snapshot k as stored (float64, bitwise), and
+    ``history`` the ``keep`` arrays of snapshots 0..k-1. ``rows`` are the rows 0..k of
+    ``diagnostics.csv`` (integers and floats, which :meth:`RunWriter.write_diagnostics`
+    writes back to the same text) under ``header``. ``stale`` lists the products of later
+    indices (partly written when the run was stopped), and ``why`` says why snapshot k+1
+    is not usable.
+    """
+
+    dir: Path
+    index: int
+    arrays: dict
+    header: list[str]
+    rows: list[dict]
+    history: list[dict] = field(default_factory=list)
+    stale: list[Path] = field(default_factory=list)
+    why: str = ""
+
+
+def _parse_cell(text):
+    """A ``diagnostics.csv`` value: int where written as one (``str(int)``), else float
+    (written as ``repr(float)``, which ``float`` reads back bitwise)."""
+    if text is None:
+        raise ValueError("missing value")
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """The header and the rows of ``diagnostics.csv`` up to the first unreadable one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return [], []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = list(reader.fieldnames or [])
+    rows = []
+    try:
+        for raw in reader:
+            if None in raw or len(raw) != len(header):  # a short or long line
+                break
+            rows.append({k: _parse_cell(raw[k]) for k in header})
+    except (ValueError, csv.Error):
+        pass
+    return header, rows
+
+
+def _vtp_complete(path: Path) -> bool:
+    """A VTK XML file written to its end (atomic writes make anything else unlikely)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - 64))
+            return b"</VTKFile>" in fh.read()
+    except OSError:
+        return False
+
+
+def _indexed(folder: Path, suffix: str) -> dict[int, Path]:
+    out = {}
+    for path in folder.glob(f"*{suffix}"):
+        stem = path.name[: -len(suffix)]
+        if stem.isdigit():
+            out[int(stem)] = path
+    return out
+
+
+def read_run(out_dir, required=("t",), keep=("t",), vtk: bool = False) -> SavedRun:
+    """Read the run in ``out_dir`` back from its snapshots (see :class:`SavedRun`).
+
+    Snapshot j is complete when ``snapshots/{j:05d}.npz`` loads in full (every member
+    read, so a truncated or damaged archive fails its checks), holds the ``required``
+    arrays, row j of ``diagnostics.csv`` exists with the same ``t``, and, with ``vtk``,
+    ``vtk/{j:05d}.vtp`` is written to its end. Raises :class:`RestartError` when snapshot
+    0 is not complete. Reads only; nothing is changed.
+    """
+    out = Path(out_dir)
+    header, rows = _read_rows(out / "diagnostics.csv")
+    snaps = _indexed(out / "snapshots", ".npz")
+    vtps = _indexed(out / "vtk", ".vtp") if vtk else {}
+    history: list[dict] = []
+    current = None
+    why = ""
+    j = 0
+    while True:
+        name = f"snapshots/{j:05d}.npz"
+        if j not in snaps:
+            why = f"{name} does not exist"
+            break
+        try:
+            with np.load(snaps[j], allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001 -- zipfile, numpy and OS errors alike
+            why = f"{name} is unreadable ({type(exc).__name__}: {exc})"
+            break
+        missing = [k for k in required if k not in arrays]
+        if missing:
+            why = f"{name} has no {', '.join(missing)} array"
+            break
+        if j >= len(rows):
+            why = f"diagnostics.csv has no row for snapshot {j}"
+            break
+        if "t" not in rows[j] or rows[j]["t"] != float(arrays["t"]):
+            why = f"row {j} of diagnostics.csv does not match {name} (t)"
+            break
+        if vtk and not (j in vtps and _vtp_complete(vtps[j])):
+            why = f"vtk/{j:05d}.vtp is missing or incomplete"
+            break
+        if current is not None:
+            history.append({k: current[k] for k in keep})
+        current = arrays
+        j += 1
+    if current is None:
+        raise RestartError(f"no complete snapshot to continue from: {why}")
+    k = j - 1
+    stale = [p for i, p in sorted(snaps.items()) if i > k] + [p for i, p in sorted(vtps.items()) if i > k]
+    if not vtk:
+        stale += [p for i, p in sorted(_indexed(out / "vtk", ".vtp").items()) if i > k]
+    return SavedRun(dir=out, index=k, arrays=current, header=header, rows=rows[: k + 1], history=history,
+                    stale=stale, why=why)

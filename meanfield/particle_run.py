@@ -31,7 +31,7 @@ from .distances import bin_particles, distance
 from .initial import InitialDataError
 from .output import atomic_write
 from .particles import ParticleState, ParticleSystem
-from .run import build_mesh, build_model, drive, run_case
+from .run import build_mesh, build_model, drive, restart_directory, run_case
 from .sampling import sample
 from .solver import make_field
 
@@ -117,8 +117,36 @@ class ParticleRun:
             "max_speed": float(np.sqrt(np.max(np.sum(v**2, axis=1)))),
             "steps": int(st.steps),
         }
+        arrays["steps"] = np.int64(st.steps)
         self.snapshots.append((st.t, st.x.copy(), st.weights.copy()))
         return arrays, row
+
+    #: The snapshot arrays a restart needs (:func:`meanfield.output.read_run`).
+    RESTART_KEYS = ("t", "points", "masses")
+
+    def check_restore(self, arrays: dict) -> None:
+        """``ValueError`` when the snapshot ``arrays`` cannot be this run's state."""
+        if "areas" in arrays or "density" in arrays:
+            raise ValueError("it holds cells (areas, density): the directory is that of a PDE run (meanfield run)")
+        x, w = arrays["points"], arrays["masses"]
+        n, d = self.state.x.shape
+        if (x.dtype, w.dtype) != (np.float64, np.float64) or x.shape != (n, d) or w.shape != (n,):
+            raise ValueError(f"points of shape {x.shape} and masses of shape {w.shape}, the case has "
+                             f"{n} particles in R^{d} (float64)")
+        if arrays["t"].shape != ():
+            raise ValueError("t is not a scalar")
+
+    def restore(self, arrays: dict, history=()) -> None:
+        """Continue from the snapshot ``arrays`` (``t``, ``points``, ``masses``, ``steps``):
+        positions and weights become bitwise what they were (the initial sample is not
+        needed). ``history``: the earlier snapshots (for :attr:`snapshots`)."""
+        st = self.state
+        st.t = float(arrays["t"])
+        st.x = np.array(arrays["points"], dtype=np.float64, order="C", copy=True)
+        st.weights = np.array(arrays["masses"], dtype=np.float64, order="C", copy=True)
+        st.steps = int(arrays["steps"])
+        self.snapshots = [(float(h["t"]), h["points"], h["masses"]) for h in history]
+        self.snapshots.append((st.t, st.x.copy(), st.weights.copy()))
 
     def polydata(self, arrays):
         import pyvista as pv
@@ -140,14 +168,22 @@ def _criterion(case):
 
 
 def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | None = None, progress: bool = False,
-                  source="<case>", label: str = "meanfield particles", dist=None) -> ParticleRun:
-    """Run the particle system of a resolved case (``--n``, ``--seed`` override ``[particles]``)."""
+                  source="<case>", label: str = "meanfield particles", dist=None, restart=False) -> ParticleRun:
+    """Run the particle system of a resolved case (``--n``, ``--seed`` override ``[particles]``).
+
+    ``restart`` continues a stopped run as in :func:`meanfield.run.run_case` (``True``: the
+    run in ``out_dir``; or its directory): the particles are restored from the last complete
+    snapshot (the initial sample is drawn all the same, then replaced).
+    """
+    where = restart_directory(out_dir, restart)
+    if where is not None:
+        out_dir = where
     chosen = dict(case["particles"])
     chosen.update({k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
     case = {**case, "particles": chosen}  # the resolved case.toml repeats this run
     mesh, system, state = build_particles(case, source=source, dist=dist)
     run = ParticleRun(mesh, system, state, _criterion(case))
-    run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist)
+    run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist, restart=where is not None)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from . import plots
 

@@ -23,7 +23,8 @@ from .mesh import CircleMesh, Mesh
 from .output import RunWriter
 from .solver import NonFiniteStateError, Simulation, State
 
-__all__ = ["build_mesh", "build_model", "build_simulation", "output_times", "run_case", "RunResult", "RunFailure"]
+__all__ = ["build_mesh", "build_model", "build_simulation", "output_times", "run_case", "RunResult", "RunFailure",
+           "check_same_case", "restart_directory"]
 
 log = logging.getLogger("meanfield")
 
@@ -149,8 +150,35 @@ class PdeRun:
         arrays["cluster_masses"], arrays["cluster_centers"] = clusters
         row = diag.compute(mesh, self.sim.model, state.rho, arrays["velocity"], state.t, state.steps, self.criterion,
                            clusters)
+        arrays["steps"] = np.int64(state.steps)
+        arrays["rejected"] = np.int64(getattr(self.sim, "rejected", 0))
         self.snapshots.append((state.t, state.rho.copy()))
         return arrays, row
+
+    #: The snapshot arrays a restart needs (:func:`meanfield.output.read_run`).
+    RESTART_KEYS = ("t", "density")
+
+    def check_restore(self, arrays: dict) -> None:
+        """``ValueError`` when the snapshot ``arrays`` cannot be this run's state."""
+        rho = arrays["density"]
+        if rho.dtype != np.float64 or rho.shape != self.state.rho.shape:
+            raise ValueError(f"density of shape {rho.shape} and type {rho.dtype}, the case's mesh has "
+                             f"{self.state.rho.shape[0]} cells (float64)")
+        if arrays["t"].shape != ():
+            raise ValueError("t is not a scalar")
+
+    def restore(self, arrays: dict, history=()) -> None:
+        """Continue from the snapshot ``arrays`` (``t``, ``density``, ``steps``, ``rejected``):
+        the state becomes bitwise what it was when that snapshot was taken. ``history``:
+        the ``t`` and ``density`` of the earlier snapshots (for :attr:`snapshots`)."""
+        rho = arrays["density"]
+        self.state.t = float(arrays["t"])
+        self.state.rho = np.array(rho, dtype=np.float64, order="C", copy=True)
+        self.state.steps = int(arrays["steps"])
+        if "rejected" in arrays and hasattr(self.sim, "rejected"):
+            self.sim.rejected = int(arrays["rejected"])
+        self.snapshots = [(float(h["t"]), np.array(h["density"], dtype=np.float64)) for h in history]
+        self.snapshots.append((self.state.t, self.state.rho.copy()))
 
     def polydata(self, arrays):
         from .vtk_output import surface_polydata
@@ -167,45 +195,161 @@ class PdeRun:
         return f"{self.state.steps} steps ({getattr(self.sim, 'rejected', 0)} rejected)"
 
 
-def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>", label: str = "meanfield", dist=None):
+def restart_directory(out_dir, restart):
+    """The directory a run continues in: ``restart`` is ``False``/``None`` (a fresh run, returns
+    ``None``), ``True`` (continue ``out_dir``) or a directory (``out_dir`` must be ``None``
+    or the same directory). Raises :class:`CaseError` (naming ``--out``/``--restart``)."""
+    if restart is None or restart is False:
+        return None
+    if restart is True:
+        if out_dir is None:
+            raise CaseError("--restart", "", "needs the directory of the run to continue")
+        return Path(out_dir)
+    restart = Path(restart)
+    if out_dir is not None and Path(out_dir).resolve() != restart.resolve():
+        raise CaseError("--out", str(out_dir), f"differs from --restart {restart}: a restarted run continues in "
+                        "the directory it restarts from (leave --out out)")
+    return restart
+
+
+def check_same_case(case: dict, stored: dict, source="<case>", where="the run") -> None:
+    """Raise :class:`CaseError` naming the first key (in case order) where the resolved
+    ``case`` differs from ``stored`` (the ``case.toml`` of a run), ``solver.t_end`` excepted
+    (its change is checked against the output times by :func:`drive`)."""
+    from .case import SCHEMA, _show
+
+    given = dump_case(case)
+    sections = list(SCHEMA) + [s for s in stored if s not in SCHEMA]
+    for section in sections:
+        a, b = stored.get(section, {}), given.get(section, {})
+        if not isinstance(a, dict):
+            raise CaseError(source, section, f"{where} has no table [{section}]")
+        keys = list(SCHEMA.get(section, {})) + [k for k in a if k not in SCHEMA.get(section, {})]
+        for key in keys:
+            if (section, key) == ("solver", "t_end") or a.get(key) == b.get(key):
+                continue
+            old = "not set" if key not in a else _show(a[key])
+            new = "not set" if key not in b else _show(b[key])
+            raise CaseError(source, f"{section}.{key}", f"differs from {where} ({old} there, {new} here); a restart "
+                            "may change solver.t_end only")
+
+
+def _open_restart(run, case: dict, writer: RunWriter, times: list[float], source, vtk: bool):
+    """Validate a restart of ``writer.dir`` on rank 0 (nothing is changed): the stored case,
+    the last complete snapshot, the output times. Returns the :class:`SavedRun`."""
+    import tomllib
+
+    from .output import RestartError, read_run
+
+    where = writer.dir
+    if not where.is_dir():
+        raise CaseError("--restart", str(where), "no such directory")
+    try:
+        stored = tomllib.loads((where / "case.toml").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaseError("--restart", str(where), "holds no case.toml: not the directory of a run") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CaseError("--restart", str(where), f"case.toml is unreadable: {exc}") from None
+    check_same_case(case, stored, source, f"the run in {where}")
+    try:
+        saved = read_run(where, required=run.RESTART_KEYS, keep=run.RESTART_KEYS, vtk=vtk)
+    except RestartError as exc:
+        raise CaseError("--restart", str(where), str(exc)) from None
+    k, t_k = saved.index, float(saved.arrays["t"])
+    if "steps" not in saved.arrays:  # a snapshot written before `steps` was stored
+        saved.arrays["steps"] = np.int64(saved.rows[k]["steps"])
+    if k >= len(times):
+        raise CaseError(source, "solver.t_end", f"{times[-1]!r} is before snapshot {k} (t = {t_k!r}) of the run in "
+                        f"{where}; a restart cannot shorten a run past its last snapshot")
+    if times[k] != t_k:
+        raise CaseError(source, "solver.t_end", f"{times[-1]!r} moves the output times of the run in {where}: "
+                        f"snapshot {k} is at t = {t_k!r} there, at {times[k]!r} with this t_end (a run can be "
+                        "extended only from an output time that is a multiple of output.every)")
+    try:
+        run.check_restore(saved.arrays)
+    except ValueError as exc:
+        raise CaseError("--restart", str(where), f"snapshot {k} does not fit the case: {exc}") from None
+    return saved
+
+
+def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>", label: str = "meanfield", dist=None,
+          restart: bool = False):
     """The time loop shared by every kind of run: snapshots at the output times, the
     progress bar, the output files, and on failure ``last_good.npz`` and :class:`RunFailure`.
 
     ``run`` provides ``describe()``, ``advance(t_out, on_step)``, ``snapshot() -> (arrays,
     row)``, ``polydata(arrays)``, ``checkpoint() -> arrays``, ``summary()``, ``mesh`` and
-    ``state`` (with ``t`` and ``steps``). Returns the diagnostics rows. Under MPI (``dist``)
-    only rank 0 writes files and draws the progress bar.
+    ``state`` (with ``t`` and ``steps``); for ``restart``, also ``RESTART_KEYS``,
+    ``check_restore(arrays)`` and ``restore(arrays, history)``. Returns the diagnostics rows.
+    Under MPI (``dist``) only rank 0 writes files and draws the progress bar.
+
+    With ``restart`` the run in ``out_dir`` is continued from its last complete snapshot k
+    (:func:`meanfield.output.read_run`): rank 0 checks the case against ``case.toml``,
+    reads snapshot k and the diagnostics rows 0..k, removes the products after k, and the
+    state (bitwise that of snapshot k) is broadcast to every rank; the loop then goes on
+    with the output times k+1, ... of an uninterrupted run.
     """
     times = output_times(case["solver"]["t_end"], case["output"]["every"])
     root = dist is None or dist.root
+    if restart and out_dir is None:
+        raise CaseError("--restart", "", "needs the directory of the run to continue")
     writer = RunWriter(out_dir) if out_dir is not None and root else None
+    vtk_on = run.mesh.manifold == "sphere"
     problem = None
+    saved = None
+    vtk = None
     if writer is not None:
         try:
-            writer.prepare()
+            if restart:
+                saved = _open_restart(run, case, writer, times, source, vtk_on)  # reads only
+            writer.prepare(fresh=not restart)
+            if saved is not None:
+                writer.resume(saved)  # the products after snapshot k go
+            writer.write_case(dump_case(case))
+            if vtk_on:
+                from .vtk_output import VtkSeries
+
+                vtk = VtkSeries(writer.dir)
+                if saved is not None:
+                    vtk.resume([row["t"] for row in saved.rows])
+        except CaseError as exc:
+            problem = (exc.source, exc.key, exc.reason)
         except OSError as exc:
-            problem = f"output directory is not writable: {exc}"
+            problem = ("--out", str(out_dir), f"output directory is not writable: {exc}")
+        except Exception as exc:  # noqa: BLE001 -- say it on every rank rather than leave them waiting
+            problem = ("--restart" if restart else "--out", str(out_dir), f"{type(exc).__name__}: {_one_line(exc)}")
     if dist is not None and out_dir is not None:
         problem = dist.bcast(problem)  # every rank stops before the run, none waits
     if problem is not None:
-        raise CaseError("--out", str(out_dir), problem)
-    if writer is not None:
-        writer.write_case(dump_case(case))
+        raise CaseError(*problem)
+    rows: list[dict] = []
+    first = 0
+    if restart:
+        payload = None
+        if saved is not None:
+            payload = ({k: saved.arrays[k] for k in (*run.RESTART_KEYS, "steps", "rejected") if k in saved.arrays},
+                       saved.rows, saved.index)
+        if dist is not None:
+            payload = dist.bcast(payload)  # every rank starts from rank 0's reading, bitwise
+        state_arrays, rows, k = payload
+        rows = list(rows)
+        run.restore(state_arrays, saved.history if saved is not None else ())
+        first = k + 1
     progress = progress and root
     log.info("%s: %s; t_end=%g, %d snapshots%s", label, run.describe(), times[-1], len(times),
              f" -> {out_dir}" if out_dir is not None else "")
-    rows: list[dict] = []
+    if restart:
+        log.info("restart: continuing the run in %s from t = %r (snapshot %d of %d, step %d)", out_dir, run.state.t,
+                 first - 1, len(times) - 1, run.state.steps)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=times[-1], unit="t", file=sys.stderr, dynamic_ncols=True,
                    bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}] {postfix}")
-    vtk = None
-    if writer is not None and run.mesh.manifold == "sphere":
-        from .vtk_output import VtkSeries
-
-        vtk = VtkSeries(writer.dir)
+        if restart:
+            bar.n = run.state.t
+            bar.update(0)
 
     def on_step(st, dt):
         if bar is not None:
@@ -224,10 +368,13 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
 
     wall = time.perf_counter()
     last_good = run.checkpoint()
+    arrays = saved.arrays if saved is not None else None
     try:
-        arrays = snapshot(0)
-        for index, t_out in enumerate(times[1:], start=1):
-            run.advance(t_out, on_step)
+        if not restart:
+            arrays = snapshot(0)
+            first = 1
+        for index in range(first, len(times)):
+            run.advance(times[index], on_step)
             last_good = run.checkpoint()
             arrays = snapshot(index)
     except Exception as exc:
@@ -255,17 +402,31 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     return rows
 
 
-def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", dist=None) -> RunResult:
+def _one_line(text) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", dist=None,
+             restart=False) -> RunResult:
     """Run a resolved case. Writes outputs to ``out_dir`` when given (else nothing).
+
+    ``restart``: ``True`` continues the stopped (or finished, to extend ``solver.t_end``)
+    run in ``out_dir`` from its last complete snapshot, a directory continues that run
+    (``out_dir`` then ``None`` or the same directory); the case must be the one in its
+    ``case.toml`` but for ``solver.t_end``. The result is bitwise that of an uninterrupted
+    run on the same number of ranks (docs/outputs.md, "Restart").
 
     Raises :class:`CaseError` for invalid input (before anything runs) and
     :class:`RunFailure` for a failure during the run, after saving the last good state
     to ``last_good.npz``.
     """
+    where = restart_directory(out_dir, restart)
+    if where is not None:
+        out_dir = where
     sim, state = build_simulation(case, source, dist)
     criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
     run = PdeRun(sim, state, criterion)
-    rows = drive(run, case, out_dir, progress, source, dist=dist)
+    rows = drive(run, case, out_dir, progress, source, dist=dist, restart=where is not None)
     result = RunResult(state=state, rows=rows, out_dir=Path(out_dir) if out_dir is not None else None,
                        snapshots=run.snapshots)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):

@@ -4,7 +4,8 @@
 ``masses``, ``areas`` and the vector ``velocity``; ``DIR/solution.pvd`` lists them with
 their times, so ParaView opens the whole run as one time series. Files are written
 atomically (temporary file, then rename); the index is rewritten after every snapshot, so
-a killed run leaves a valid series of the snapshots written so far.
+a killed run leaves a valid series of the snapshots written so far. A restarted run
+continues the series with :meth:`VtkSeries.resume`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class VtkSeries:
         self.entries.append((float(t), f"vtk/{path.name}"))
         self._write_index()
         return path
+
+    def resume(self, times) -> None:
+        """Continue a series whose snapshots ``0 .. len(times) - 1`` (at ``times``) are
+        written: the index is rewritten to list exactly those (a later entry of a stopped
+        run is dropped)."""
+        self.entries = [(float(t), f"vtk/{index:05d}.vtp") for index, t in enumerate(times)]
+        self._write_index()
 
     def _write_index(self) -> None:
         lines = ['<?xml version="1.0"?>',
