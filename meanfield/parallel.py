@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -60,6 +61,10 @@ class Distributor:
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
+        #: Seconds spent in collectives and their count (includes waiting for slower ranks);
+        #: read by benchmarks/bench_mpi.py for the cost model.
+        self.comm_seconds = 0.0
+        self.comm_calls = 0
 
     @property
     def root(self) -> bool:
@@ -84,8 +89,14 @@ class Distributor:
         out = np.empty((n,) + local.shape[1:], dtype=float)
         counts = self.counts(n) * width
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        start = time.perf_counter()
         self.comm.Allgatherv([local, MPI.DOUBLE], [out, (counts, displs), MPI.DOUBLE])
+        self._count(start)
         return out
+
+    def _count(self, start: float) -> None:
+        self.comm_seconds += time.perf_counter() - start
+        self.comm_calls += 1
 
     def allreduce_sum(self, coeffs):
         """Elementwise sum over the ranks of an array (or a tuple of arrays)."""
@@ -94,14 +105,18 @@ class Distributor:
         if isinstance(coeffs, (tuple, list)):
             return type(coeffs)(self.allreduce_sum(c) for c in coeffs)
         buf = np.ascontiguousarray(coeffs).copy()
+        start = time.perf_counter()
         self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        self._count(start)
         return buf
 
     def allreduce_min(self, values: np.ndarray) -> np.ndarray:
         from mpi4py import MPI
 
         buf = np.array(values, dtype=float)
+        start = time.perf_counter()
         self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MIN)
+        self._count(start)
         return buf
 
     def bcast(self, value):
