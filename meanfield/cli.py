@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from .case import CaseError, load_case, parse_override
     from .run import RunFailure, run_case
+    from .timestepping import NonFiniteStateError
 
     dist = None
     from .parallel import launched_under_mpi
@@ -160,9 +161,18 @@ def main(argv=None) -> int:
                 _error("error", exc, args.case, set_keys)
             return 2
         except RunFailure as exc:
-            if dist is None or dist.root:
-                _error("run failed", exc, args.case, set_keys)
-            return 1
+            # A non-finite state is found by every rank alike (they hold the same state):
+            # rank 0 reports it and every rank returns. Any other failure may be this rank's
+            # alone while the others wait in a collective: end the whole job now.
+            if dist is None or dist.size == 1 or isinstance(exc.__cause__, NonFiniteStateError):
+                if dist is None or dist.root:
+                    _error("run failed", exc, args.case, set_keys)
+                return 1
+            dist.abort(f"meanfield: run failed on rank {dist.rank}: {_one_line(exc)}", 1)
+        except Exception as exc:
+            if dist is not None and dist.size > 1:
+                dist.abort(f"meanfield: run failed on rank {dist.rank}: {type(exc).__name__}: {_one_line(exc)}", 1)
+            raise
     return 0
 
 

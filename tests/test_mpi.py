@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,21 @@ def test_invalid_input_under_mpiexec_exits_2_with_one_line(tmp_path):
     blocker = write(tmp_path, "file", "x")
     p = launch(2, "run", case, "--out", blocker / "out", timeout=60)
     assert p.returncode == 2 and "not writable" in p.stderr
+
+
+def test_a_failure_on_one_rank_ends_the_job_promptly(tmp_path):
+    """Rank 0 alone fails (it cannot write the VTK series: a file named ``vtk`` is in the
+    way) while rank 1 goes on into the next field evaluation: the job must end at once with
+    status 1 and rank 0's message, not hang in a collective."""
+    case = write(tmp_path, "c.toml", SPHERE)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "vtk").write_text("in the way")
+    serial = launch(1, "run", case, "--out", out, "--quiet", timeout=60)
+    assert serial.returncode == 1 and "run failed" in serial.stderr
+    start = time.perf_counter()
+    p = launch(2, "run", case, "--out", out, "--quiet", timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert "run failed on rank 0" in p.stderr and "vtk" in p.stderr
+    assert time.perf_counter() - start < 30
+
