@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     for q in (r, pa):
         q.add_argument("--restart", metavar="DIR",
                        help="continue the stopped run in DIR from its last complete snapshot, writing into DIR "
-                            "(the case must be DIR's but for solver.t_end)")
+                            "(run: or into --out, DIR then only read; the case must be DIR's but for solver.t_end)")
     return p
 
 
@@ -138,20 +138,20 @@ def main(argv=None) -> int:
             set_keys |= {parse_override(item)[0] for item in args.overrides}
             restart = getattr(args, "restart", None)
             if restart is not None:
-                from .run import restart_directory
+                from .run import restart_paths
 
-                out = restart_directory(args.out, restart)  # --out, if given, must name the same directory
+                out = restart_paths(args.out, restart)[1]  # DIR, or the other directory --out names
             else:
                 out = Path(args.out) if args.out else Path("runs") / Path(args.case).stem
             progress = not args.quiet and sys.stderr.isatty()
             source = str(Path(args.case))
             if args.command == "run":
-                run_case(case, out_dir=out, progress=progress, source=source, dist=dist, restart=restart is not None)
+                run_case(case, out_dir=out, progress=progress, source=source, dist=dist, restart=restart)
             elif args.command == "particles":
                 from .particle_run import run_particles
 
                 run_particles(case, out_dir=out, progress=progress, source=source, dist=dist,
-                              restart=restart is not None)
+                              restart=restart)
             else:
                 from .particle_run import run_compare
 

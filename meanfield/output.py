@@ -11,7 +11,8 @@ Layout (see ``docs/outputs.md``)::
 
 :func:`read_run` reads a directory back for ``--restart``: the last snapshot index ``k``
 such that every product of the indices ``0..k`` is complete, and the diagnostics rows up
-to ``k``; :meth:`RunWriter.resume` removes what lies beyond ``k`` and continues.
+to ``k``; :meth:`RunWriter.resume` removes what lies beyond ``k`` and continues, or
+:meth:`RunWriter.copy_snapshots` copies ``0..k`` into another directory (``--out``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "RunWriter", "SavedRun", "RestartError", "read_run"]
+__all__ = ["atomic_write", "RunWriter", "SavedRun", "RestartError", "read_run", "read_saved"]
 
 
 def _umask() -> int:
@@ -98,7 +99,8 @@ class RunWriter:
     #: Temporary files a killed run may have left (:func:`atomic_write`, :class:`VtkSeries`);
     #: removed by :meth:`prepare`, fresh or not.
     LEFTOVERS = (".write-test.*.tmp", ".case.toml.*.tmp", ".diagnostics.csv.*.tmp", ".final.npz.*.tmp",
-                 ".last_good.npz.*.tmp", ".solution.pvd.*.tmp", "snapshots/.*.npz.*.tmp", "vtk/.*.vtp")
+                 ".last_good.npz.*.tmp", ".solution.pvd.*.tmp", "snapshots/.write-test.*.tmp", "snapshots/.*.npz.*.tmp",
+                 "vtk/.*.vtp", "vtk/.*.vtp.*.tmp")
 
     def prepare(self, fresh: bool = True) -> None:
         """Create the directory and check it is writable (before the run starts). With
@@ -125,6 +127,18 @@ class RunWriter:
         for pattern in self.END_PRODUCTS:
             for old in self.dir.glob(pattern):
                 _unlink(old)
+        self.rows = list(saved.rows)
+        self.write_diagnostics()
+
+    def copy_snapshots(self, saved: "SavedRun") -> None:
+        """Continue the run read back by :func:`read_run` from another directory (after
+        :meth:`prepare` with ``fresh=True``): copy its snapshots ``0..saved.index`` byte for
+        byte (atomically, one by one) and write ``diagnostics.csv`` with its rows
+        ``0..saved.index``, last, so that a copy cut short leaves no complete snapshot (the
+        same command copies again). ``saved.dir`` is only read; a file there that cannot be
+        read raises :class:`RestartError`, a write here :class:`OSError`."""
+        for index, src in enumerate(saved.snapshot_files):
+            atomic_write(self.snap_dir / f"{index:05d}.npz", read_saved(src))
         self.rows = list(saved.rows)
         self.write_diagnostics()
 
@@ -178,7 +192,8 @@ class SavedRun:
     ``diagnostics.csv`` (integers and floats, which :meth:`RunWriter.write_diagnostics`
     writes back to the same text) under ``header``. ``stale`` lists the products of later
     indices (partly written when the run was stopped), and ``why`` says why snapshot k+1
-    is not usable.
+    is not usable. ``snapshot_files`` and ``vtk_files`` (with ``vtk``) are the files of the
+    snapshots 0..k.
     """
 
     dir: Path
@@ -189,6 +204,16 @@ class SavedRun:
     history: list[dict] = field(default_factory=list)
     stale: list[Path] = field(default_factory=list)
     why: str = ""
+    snapshot_files: list[Path] = field(default_factory=list)
+    vtk_files: list[Path] = field(default_factory=list)
+
+
+def read_saved(path: Path) -> bytes:
+    """The bytes of a file of a run read back (:class:`RestartError` when unreadable)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise RestartError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _parse_cell(text):
@@ -293,4 +318,5 @@ def read_run(out_dir, required=("t",), keep=("t",), vtk: bool = False) -> SavedR
     if not vtk:
         stale += [p for i, p in sorted(_indexed(out / "vtk", ".vtp").items()) if i > k]
     return SavedRun(dir=out, index=k, arrays=current, header=header, rows=rows[: k + 1], history=history,
-                    stale=stale, why=why)
+                    stale=stale, why=why, snapshot_files=[snaps[i] for i in range(j)],
+                    vtk_files=[vtps[i] for i in range(j)] if vtk else [])

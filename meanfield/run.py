@@ -24,7 +24,7 @@ from .output import RunWriter
 from .solver import NonFiniteStateError, Simulation, State
 
 __all__ = ["build_mesh", "build_model", "build_simulation", "output_times", "run_case", "RunResult", "RunFailure",
-           "check_same_case", "restart_directory"]
+           "check_same_case", "restart_directory", "restart_paths"]
 
 log = logging.getLogger("meanfield")
 
@@ -195,21 +195,58 @@ class PdeRun:
         return f"{self.state.steps} steps ({getattr(self.sim, 'rejected', 0)} rejected)"
 
 
-def restart_directory(out_dir, restart):
-    """The directory a run continues in: ``restart`` is ``False``/``None`` (a fresh run, returns
-    ``None``), ``True`` (continue ``out_dir``) or a directory (``out_dir`` must be ``None``
-    or the same directory). Raises :class:`CaseError` (naming ``--out``/``--restart``)."""
+def _resolved(path, flag: str) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # e.g. a loop of symbolic links
+        raise CaseError(flag, str(path), f"cannot resolve the path: {exc}") from None
+
+
+def restart_paths(out_dir, restart) -> tuple[Path, Path] | None:
+    """``(source, target)`` of a restart: the continued run reads the run in ``source`` and
+    writes into ``target``; ``None`` for a fresh run (``restart`` is ``False``/``None``).
+
+    ``restart`` is ``True`` (continue the run in ``out_dir``, in place) or the directory of
+    the run to continue; the continued run writes into ``out_dir`` when that names another
+    directory (compared after resolving the paths: ``..``, symbolic links), else into the
+    run's own directory (``target`` is then ``source``). ``source`` and ``target`` may not
+    lie one inside the other. Raises :class:`CaseError` (naming ``--out``/``--restart``).
+    """
     if restart is None or restart is False:
         return None
     if restart is True:
         if out_dir is None:
             raise CaseError("--restart", "", "needs the directory of the run to continue")
-        return Path(out_dir)
-    restart = Path(restart)
-    if out_dir is not None and Path(out_dir).resolve() != restart.resolve():
-        raise CaseError("--out", str(out_dir), f"differs from --restart {restart}: a restarted run continues in "
-                        "the directory it restarts from (leave --out out)")
-    return restart
+        return Path(out_dir), Path(out_dir)
+    source = Path(restart)
+    if out_dir is None:
+        return source, source
+    s, t = _resolved(source, "--restart"), _resolved(out_dir, "--out")
+    if s == t:
+        return source, source
+    if t.is_relative_to(s):
+        raise CaseError("--out", str(out_dir), f"lies inside --restart {source}: the continued run may not write "
+                        "into the run it reads; name a directory outside it (or leave --out out)")
+    if s.is_relative_to(t):
+        raise CaseError("--out", str(out_dir), f"contains --restart {source}: the continued run may not write "
+                        "around the run it reads; name a directory outside it (or leave --out out)")
+    return source, Path(out_dir)
+
+
+def restart_directory(out_dir, restart):
+    """The directory a run continues in, for callers that continue a run in place:
+    ``restart`` is ``False``/``None`` (a fresh run, returns ``None``), ``True`` (continue
+    ``out_dir``) or a directory (``out_dir`` must be ``None`` or the same directory). Raises
+    :class:`CaseError` (naming ``--out``/``--restart``). :func:`restart_paths` allows
+    another ``out_dir`` (what :func:`run_case` does)."""
+    paths = restart_paths(out_dir, restart)
+    if paths is None:
+        return None
+    source, target = paths
+    if target != source:
+        raise CaseError("--out", str(out_dir), f"differs from --restart {source}: this run continues in the "
+                        "directory it restarts from (leave --out out)")
+    return source
 
 
 def check_same_case(case: dict, stored: dict, source="<case>", where="the run") -> None:
@@ -234,14 +271,13 @@ def check_same_case(case: dict, stored: dict, source="<case>", where="the run") 
                             "may change solver.t_end only")
 
 
-def _open_restart(run, case: dict, writer: RunWriter, times: list[float], source, vtk: bool):
-    """Validate a restart of ``writer.dir`` on rank 0 (nothing is changed): the stored case,
-    the last complete snapshot, the output times. Returns the :class:`SavedRun`."""
+def _open_restart(run, case: dict, where: Path, times: list[float], source, vtk: bool):
+    """Validate a restart of the run in ``where`` on rank 0 (nothing is changed): the stored
+    case, the last complete snapshot, the output times. Returns the :class:`SavedRun`."""
     import tomllib
 
     from .output import RestartError, read_run
 
-    where = writer.dir
     if not where.is_dir():
         raise CaseError("--restart", str(where), "no such directory")
     try:
@@ -283,37 +319,53 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     ``check_restore(arrays)`` and ``restore(arrays, history)``. Returns the diagnostics rows.
     Under MPI (``dist``) only rank 0 writes files and draws the progress bar.
 
-    With ``restart`` the run in ``out_dir`` is continued from its last complete snapshot k
-    (:func:`meanfield.output.read_run`): rank 0 checks the case against ``case.toml``,
-    reads snapshot k and the diagnostics rows 0..k, removes the products after k, and the
-    state (bitwise that of snapshot k) is broadcast to every rank; the loop then goes on
-    with the output times k+1, ... of an uninterrupted run.
+    With ``restart`` (``True``: the run in ``out_dir``; or the directory of a run) that run
+    is continued from its last complete snapshot k (:func:`meanfield.output.read_run`):
+    rank 0 checks the case against its ``case.toml`` and reads snapshot k and the
+    diagnostics rows 0..k. Continued in place, the products after k are removed; continued
+    into another ``out_dir``, the run's directory is only read: ``out_dir`` is prepared as
+    for a fresh run and gets the case, the snapshots 0..k, the rows 0..k and the VTK files
+    0..k. The state (bitwise that of snapshot k) is broadcast to every rank; the loop then
+    goes on with the output times k+1, ... of an uninterrupted run.
     """
     times = output_times(case["solver"]["t_end"], case["output"]["every"])
     root = dist is None or dist.root
-    if restart and out_dir is None:
-        raise CaseError("--restart", "", "needs the directory of the run to continue")
+    restart_from = None  # the directory of the run that is continued
+    paths = restart_paths(out_dir, restart)
+    if paths is not None:
+        restart_from, out_dir = paths
+        restart = True
+    copying = paths is not None and paths[0] != paths[1]  # else continued in place
     writer = RunWriter(out_dir) if out_dir is not None and root else None
     vtk_on = run.mesh.manifold == "sphere"
     problem = None
     saved = None
     vtk = None
     if writer is not None:
+        from .output import RestartError
+
         try:
             if restart:
-                saved = _open_restart(run, case, writer, times, source, vtk_on)  # reads only
-            writer.prepare(fresh=not restart)
-            if saved is not None:
+                saved = _open_restart(run, case, restart_from, times, source, vtk_on)  # reads only
+            writer.prepare(fresh=not restart or copying)  # into another directory: as a fresh run
+            if saved is not None and not copying:
                 writer.resume(saved)  # the products after snapshot k go
             writer.write_case(dump_case(case))
+            if copying:
+                writer.copy_snapshots(saved)  # snapshots 0..k and the rows 0..k, read from restart_from
             if vtk_on:
                 from .vtk_output import VtkSeries
 
                 vtk = VtkSeries(writer.dir)
                 if saved is not None:
-                    vtk.resume([row["t"] for row in saved.rows])
+                    if copying:
+                        vtk.copy(saved.vtk_files, [row["t"] for row in saved.rows])
+                    else:
+                        vtk.resume([row["t"] for row in saved.rows])
         except CaseError as exc:
             problem = (exc.source, exc.key, exc.reason)
+        except RestartError as exc:  # a file of the run to continue could not be read for the copy
+            problem = ("--restart", str(restart_from), str(exc))
         except OSError as exc:
             problem = ("--out", str(out_dir), f"output directory is not writable: {exc}")
         except Exception as exc:  # noqa: BLE001 -- say it on every rank rather than leave them waiting
@@ -339,8 +391,9 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     log.info("%s: %s; t_end=%g, %d snapshots%s", label, run.describe(), times[-1], len(times),
              f" -> {out_dir}" if out_dir is not None else "")
     if restart:
-        log.info("restart: continuing the run in %s from t = %r (snapshot %d of %d, step %d)", out_dir, run.state.t,
-                 first - 1, len(times) - 1, run.state.steps)
+        log.info("restart: continuing the run in %s from t = %r (snapshot %d of %d, step %d)%s", restart_from,
+                 run.state.t, first - 1, len(times) - 1, run.state.steps,
+                 f", writing into {out_dir} (snapshots 0..{first - 1} copied)" if copying else "")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -411,22 +464,23 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
     """Run a resolved case. Writes outputs to ``out_dir`` when given (else nothing).
 
     ``restart``: ``True`` continues the stopped (or finished, to extend ``solver.t_end``)
-    run in ``out_dir`` from its last complete snapshot, a directory continues that run
-    (``out_dir`` then ``None`` or the same directory); the case must be the one in its
-    ``case.toml`` but for ``solver.t_end``. The result is bitwise that of an uninterrupted
-    run on the same number of ranks (docs/outputs.md, "Restart").
+    run in ``out_dir`` from its last complete snapshot, a directory continues that run,
+    writing into that directory when ``out_dir`` is ``None`` or names it, else into
+    ``out_dir`` (the run's directory is then only read; :func:`restart_paths`); the case
+    must be the one in its ``case.toml`` but for ``solver.t_end``. The result is bitwise
+    that of an uninterrupted run on the same number of ranks (docs/outputs.md, "Restart").
 
     Raises :class:`CaseError` for invalid input (before anything runs) and
     :class:`RunFailure` for a failure during the run, after saving the last good state
     to ``last_good.npz``.
     """
-    where = restart_directory(out_dir, restart)
-    if where is not None:
-        out_dir = where
+    paths = restart_paths(out_dir, restart)
+    if paths is not None:
+        out_dir = paths[1]
     sim, state = build_simulation(case, source, dist)
     criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
     run = PdeRun(sim, state, criterion)
-    rows = drive(run, case, out_dir, progress, source, dist=dist, restart=where is not None)
+    rows = drive(run, case, out_dir, progress, source, dist=dist, restart=paths[0] if paths is not None else False)
     result = RunResult(state=state, rows=rows, out_dir=Path(out_dir) if out_dir is not None else None,
                        snapshots=run.snapshots)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):

@@ -5,7 +5,8 @@
 their times, so ParaView opens the whole run as one time series. Files are written
 atomically (temporary file, then rename); the index is rewritten after every snapshot, so
 a killed run leaves a valid series of the snapshots written so far. A restarted run
-continues the series with :meth:`VtkSeries.resume`.
+continues the series with :meth:`VtkSeries.resume` (in its own directory) or
+:meth:`VtkSeries.copy` (into another one).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from .output import atomic_write
+from .output import atomic_write, read_saved
 
 __all__ = ["VtkSeries", "surface_polydata"]
 
@@ -66,6 +67,18 @@ class VtkSeries:
         run is dropped)."""
         self.entries = [(float(t), f"vtk/{index:05d}.vtp") for index, t in enumerate(times)]
         self._write_index()
+
+    def copy(self, files, times) -> None:
+        """Continue, in this directory, the series of another run whose snapshots ``0 ..
+        len(times) - 1`` (at ``times``) are the VTK ``files``: they are copied byte for
+        byte (atomically) and the index is written to list exactly those."""
+        if len(files) != len(times):
+            raise ValueError(f"{len(files)} VTK files for {len(times)} snapshot times")
+        if files:
+            self.sub.mkdir(parents=True, exist_ok=True)
+        for index, src in enumerate(files):
+            atomic_write(self.sub / f"{index:05d}.vtp", read_saved(src))
+        self.resume(times)
 
     def _write_index(self) -> None:
         lines = ['<?xml version="1.0"?>',

@@ -1,10 +1,12 @@
 """Checkpoint and restart (``--restart DIR``): a run stopped at any instant and continued
 from its last complete snapshot ends with the files of the uninterrupted run, bitwise,
-serial and under ``mpiexec -n 2``; invalid restarts exit 2 with one line, touching nothing.
+serial and under ``mpiexec -n 2``, in DIR or (``--out OTHER``) in another directory,
+leaving DIR as it was; invalid restarts exit 2 with one line, touching nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -88,6 +90,15 @@ def one_line(err: str, *needles: str) -> str:
 def files(run_dir: Path) -> dict[str, bytes]:
     """Every file of a run directory (relative path -> bytes)."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def fingerprint(run_dir: Path) -> dict[str, str]:
+    """Every entry under a directory: files by their SHA-256 and size, folders as such."""
+    out = {}
+    for p in sorted(run_dir.rglob("*")):
+        name = str(p.relative_to(run_dir))
+        out[name] = "dir" if p.is_dir() else f"{hashlib.sha256(p.read_bytes()).hexdigest()} {p.stat().st_size}"
+    return out
 
 
 def assert_same_run(a: Path, b: Path, ignore=()) -> None:
@@ -238,7 +249,9 @@ def test_invalid_restarts_exit_2_with_one_line_and_touch_nothing(capsys, tmp_pat
         (("--restart", empty), ("--restart", str(empty), "case.toml")),
         (("--restart", tmp_path / "missing"), ("--restart", "no such directory")),
         (("--restart", run, "--set", "model.beta=5"), ("--set", "model.beta", "differs")),
-        (("--restart", run, "--out", tmp_path / "elsewhere"), ("--out", "--restart")),
+        (("--restart", run, "--out", run / "sub"), ("--out", str(run / "sub"), "inside --restart")),
+        (("--restart", run, "--out", tmp_path), ("--out", str(tmp_path), "contains --restart")),
+        (("--restart", run, "--out", tmp_path / "elsewhere", "--set", "model.beta=5"), ("--set", "model.beta")),
     ]:
         rc, out, err = cli(capsys, "run", case, *args)
         assert rc == 2, (args, err)
@@ -259,6 +272,7 @@ def test_invalid_restarts_exit_2_with_one_line_and_touch_nothing(capsys, tmp_pat
     assert rc == 2
     one_line(err, "--restart", "no density array")
     assert files(run) == before
+    assert not (run / "sub").exists() and not (tmp_path / "elsewhere").exists()
     assert not list(empty.iterdir())
     # a directory whose snapshot 0 is damaged has nothing to continue from
     shutil.copytree(run, tmp_path / "broken")
@@ -266,6 +280,81 @@ def test_invalid_restarts_exit_2_with_one_line_and_touch_nothing(capsys, tmp_pat
     rc, _, err = cli(capsys, "run", case, "--restart", tmp_path / "broken")
     assert rc == 2
     one_line(err, "--restart", "no complete snapshot", "00000.npz")
+
+
+# -- restart into another directory (--out OTHER) ---------------------------------------------------
+def test_restart_into_another_directory_leaves_dir_unchanged(capsys, tmp_path):
+    """``--restart DIR --out OTHER``: OTHER ends as the uninterrupted run's directory, byte for
+    byte (the products of an earlier run there removed), and DIR is only read."""
+    case = write_case(tmp_path, "sphere", t_end=1.0, every=0.125)
+    full, part, other = tmp_path / "full", tmp_path / "part", tmp_path / "other"
+    assert cli(capsys, "run", case, "--out", full, "--quiet")[0] == 0
+    shutil.copytree(full, part)
+    damage(part, 5)  # the last complete snapshot is 4; DIR holds leftovers a restart in place would remove
+    (part / "notes.txt").write_text("mine")
+    # OTHER holds an earlier, longer run (more snapshots, VTK files, last_good.npz) and a file of the user's
+    assert cli(capsys, "run", case, "--out", other, "--set", "solver.t_end=1.5", "--quiet")[0] == 0
+    (other / "last_good.npz").write_bytes(b"old")
+    (other / "notes.txt").write_text("theirs")
+    before = fingerprint(part)
+    rc, out, err = cli(capsys, "run", case, "--restart", part, "--out", other)
+    assert rc == 0, err
+    assert f"continuing the run in {part} from t = 0.5 (snapshot 4 of 8" in out
+    assert f"writing into {other}" in out
+    assert fingerprint(part) == before  # DIR untouched: same files, same bytes, nothing added or removed
+    assert (other / "notes.txt").read_text() == "theirs"
+    assert_same_run(full, other, ignore=["notes.txt"])
+    # OTHER is a run directory like any other: restarting it in place changes nothing
+    rc, out, err = cli(capsys, "run", case, "--restart", other, "--quiet")
+    assert rc == 0, err
+    assert_same_run(full, other, ignore=["notes.txt"])
+
+
+def test_restart_out_spellings_and_unwritable_other(capsys, tmp_path):
+    case = write_case(tmp_path, "circle", t_end=0.5, every=0.125, cells=32)
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert cli(capsys, "run", case, "--out", full, "--quiet")[0] == 0
+    shutil.copytree(full, part)
+    damage(part, 2)
+    before = fingerprint(part)
+    # OTHER unwritable: exit 2 with one line before anything runs, DIR untouched
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    rc, out, err = cli(capsys, "run", case, "--restart", part, "--out", blocker / "run")
+    assert rc == 2
+    one_line(err, "--out", str(blocker / "run"), "not writable")
+    assert "done" not in out and "continuing" not in out
+    assert fingerprint(part) == before and blocker.read_text() == "not a directory"
+    # the particle runs continue in DIR only (for now): refused, nothing touched
+    rc, _, err = cli(capsys, "particles", case, "--restart", part, "--out", tmp_path / "p")
+    assert rc == 2
+    one_line(err, "--out", "differs from --restart")
+    assert fingerprint(part) == before and not (tmp_path / "p").exists()
+    # DIR spelt otherwise (.., a symbolic link) is DIR: continued in place
+    (tmp_path / "link").symlink_to(part, target_is_directory=True)
+    for spelling in (tmp_path / "x" / ".." / "part", tmp_path / "link"):
+        rc, out, err = cli(capsys, "run", case, "--restart", part, "--out", spelling)
+        assert rc == 0, err
+        assert "writing into" not in out
+        assert_same_run(full, part)
+    assert not (tmp_path / "x").exists()
+
+
+def test_python_api_restart_into_another_directory(tmp_path):
+    from meanfield.case import load_case
+    from meanfield.run import run_case
+
+    case = load_case(write_case(tmp_path, "circle", t_end=1.0, every=0.25))
+    full = run_case(case, out_dir=tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "part")
+    damage(tmp_path / "part", 2)
+    before = fingerprint(tmp_path / "part")
+    cont = run_case(case, out_dir=tmp_path / "other", restart=tmp_path / "part")
+    assert cont.out_dir == tmp_path / "other"
+    assert np.array_equal(cont.state.rho, full.state.rho) and cont.rows == full.rows
+    assert all(a[0] == b[0] and np.array_equal(a[1], b[1]) for a, b in zip(cont.snapshots, full.snapshots))
+    assert fingerprint(tmp_path / "part") == before
+    assert_same_run(tmp_path / "full", tmp_path / "other")
 
 
 # -- under mpiexec -n 2 ----------------------------------------------------------------------------
@@ -293,6 +382,23 @@ def test_restart_under_mpiexec_is_bitwise_identical(tmp_path, manifold):
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("from t = 0.375 (snapshot 3 of 8") == 1  # rank 0 alone logs
     assert_same_run(full, part)
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_restart_into_another_directory_under_mpiexec(tmp_path):
+    case = write_case(tmp_path, "sphere", t_end=1.0, every=0.125)
+    full, part, other = tmp_path / "full", tmp_path / "part", tmp_path / "other"
+    p = launch(2, "run", case, "--out", full, "--quiet")
+    assert p.returncode == 0, p.stderr
+    shutil.copytree(full, part)
+    damage(part, 4)
+    before = fingerprint(part)
+    p = launch(2, "run", case, "--restart", part, "--out", other)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("from t = 0.375 (snapshot 3 of 8") == 1  # rank 0 alone logs
+    assert fingerprint(part) == before
+    assert_same_run(full, other)
 
 
 @needs_mpi
