@@ -31,7 +31,7 @@ from .distances import bin_particles, distance
 from .initial import InitialDataError
 from .output import atomic_write
 from .particles import ParticleState, ParticleSystem
-from .run import build_mesh, build_model, drive, restart_directory, run_case
+from .run import build_mesh, build_model, drive, restart_paths, run_case
 from .sampling import sample
 from .solver import make_field
 
@@ -172,18 +172,20 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     """Run the particle system of a resolved case (``--n``, ``--seed`` override ``[particles]``).
 
     ``restart`` continues a stopped run as in :func:`meanfield.run.run_case` (``True``: the
-    run in ``out_dir``; or its directory): the particles are restored from the last complete
+    run in ``out_dir``; or its directory, continued into ``out_dir`` when that names another
+    one): the particles are restored from the last complete
     snapshot (the initial sample is drawn all the same, then replaced).
     """
-    where = restart_directory(out_dir, restart)
-    if where is not None:
-        out_dir = where
+    paths = restart_paths(out_dir, restart)
+    if paths is not None:
+        out_dir = paths[1]
     chosen = dict(case["particles"])
     chosen.update({k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
     case = {**case, "particles": chosen}  # the resolved case.toml repeats this run
     mesh, system, state = build_particles(case, source=source, dist=dist)
     run = ParticleRun(mesh, system, state, _criterion(case))
-    run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist, restart=where is not None)
+    run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist,
+                     restart=paths[0] if paths is not None else False)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from . import plots
 

@@ -24,7 +24,7 @@ from .output import RunWriter
 from .solver import NonFiniteStateError, Simulation, State
 
 __all__ = ["build_mesh", "build_model", "build_simulation", "output_times", "run_case", "RunResult", "RunFailure",
-           "check_same_case", "restart_directory", "restart_paths"]
+           "check_same_case", "restart_paths"]
 
 log = logging.getLogger("meanfield")
 
@@ -231,22 +231,6 @@ def restart_paths(out_dir, restart) -> tuple[Path, Path] | None:
         raise CaseError("--out", str(out_dir), f"contains --restart {source}: the continued run may not write "
                         "around the run it reads; name a directory outside it (or leave --out out)")
     return source, Path(out_dir)
-
-
-def restart_directory(out_dir, restart):
-    """The directory a run continues in, for callers that continue a run in place:
-    ``restart`` is ``False``/``None`` (a fresh run, returns ``None``), ``True`` (continue
-    ``out_dir``) or a directory (``out_dir`` must be ``None`` or the same directory). Raises
-    :class:`CaseError` (naming ``--out``/``--restart``). :func:`restart_paths` allows
-    another ``out_dir`` (what :func:`run_case` does)."""
-    paths = restart_paths(out_dir, restart)
-    if paths is None:
-        return None
-    source, target = paths
-    if target != source:
-        raise CaseError("--out", str(out_dir), f"differs from --restart {source}: this run continues in the "
-                        "directory it restarts from (leave --out out)")
-    return source
 
 
 def check_same_case(case: dict, stored: dict, source="<case>", where="the run") -> None:

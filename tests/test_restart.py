@@ -210,6 +210,13 @@ def test_particle_restart_is_bitwise_identical(capsys, tmp_path):
     rc, _, err = cli(capsys, *args, "--restart", part)
     assert rc == 0, err
     assert_same_run(full, part)
+    # and into another directory, the stopped run only read
+    damage(part, 2)
+    before = fingerprint(part)
+    rc, _, err = cli(capsys, *args, "--restart", part, "--out", tmp_path / "other")
+    assert rc == 0, err
+    assert_same_run(full, tmp_path / "other")
+    assert fingerprint(part) == before
 
 
 def test_extending_t_end_equals_the_longer_run(capsys, tmp_path):
@@ -325,11 +332,10 @@ def test_restart_out_spellings_and_unwritable_other(capsys, tmp_path):
     one_line(err, "--out", str(blocker / "run"), "not writable")
     assert "done" not in out and "continuing" not in out
     assert fingerprint(part) == before and blocker.read_text() == "not a directory"
-    # the particle runs continue in DIR only (for now): refused, nothing touched
+    # a PDE run is no particle run: refused, nothing touched
     rc, _, err = cli(capsys, "particles", case, "--restart", part, "--out", tmp_path / "p")
     assert rc == 2
-    one_line(err, "--out", "differs from --restart")
-    assert fingerprint(part) == before and not (tmp_path / "p").exists()
+    assert fingerprint(part) == before and not (tmp_path / "p" / "snapshots").exists()
     # DIR spelt otherwise (.., a symbolic link) is DIR: continued in place
     (tmp_path / "link").symlink_to(part, target_is_directory=True)
     for spelling in (tmp_path / "x" / ".." / "part", tmp_path / "link"):
