@@ -249,7 +249,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "Fourier / spherical-harmonic expansion, or the cheaper of the two for the problem size."),
         "tolerance": Key(real(1e-15, 1e-2), 1e-12, "relative accuracy of the spectral backend."),
         "t_end": Key(real(0.0, lo_open=True), 10.0, "final time."),
-        "cfl": Key(real(0.0, 1.0, lo_open=True), 0.4, "transport CFL number (positivity guaranteed <= 0.5 for muscl, <= 1 for upwind)."),
+        "cfl": Key(real(0.0, 1.0, lo_open=True), 0.4, "transport CFL number of each forward-Euler stage (positivity "
+                   "guaranteed <= 0.5 for muscl, <= 1 for upwind); the step is `cfl` times the SSP coefficient of "
+                   "`time_integrator` times the CFL bound."),
+        "time_integrator": Key(choice("ssprk3", "ssprk43", "ssprk2", "euler"), "ssprk3", "PDE (finite volumes): SSP "
+                               "Runge--Kutta scheme. `\"ssprk3\"` (3 stages, SSP coefficient 1), `\"ssprk43\"` (4 stages, "
+                               "third order, coefficient 2: steps twice as long for 4/3 the work), `\"ssprk2\"`, "
+                               "`\"euler\"`."),
         "rate_cfl": Key(real(0.0, 1.0, lo_open=True), 0.1, "step bound dt <= rate_cfl / sigma_max, sigma_max the interaction rate."),
         "dt": Key(dt_value, "auto", "particles: fixed step, or `\"auto\"`."),
         "dt_max": Key(real(0.0, lo_open=True, allow_inf=True), math.inf, "cap on adaptive steps (inf: no cap)."),

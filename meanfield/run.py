@@ -22,6 +22,7 @@ from .initial import InitialDataError, density_function, project
 from .mesh import CircleMesh, Mesh
 from .output import RunWriter
 from .solver import NonFiniteStateError, Simulation, State
+from .timestepping import INTEGRATORS
 
 __all__ = ["build_mesh", "build_model", "build_simulation", "output_times", "run_case", "RunResult", "RunFailure",
            "check_same_case", "restart_paths"]
@@ -85,7 +86,8 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
         return sim, State(0.0, rho0 / (rho0 @ mesh.areas))
     try:
         sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
-                         dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist)
+                         dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist,
+                         integrator=INTEGRATORS[s["time_integrator"]])
     except ValueError as exc:
         raise CaseError(source, "solver.backend", str(exc)) from None
     try:

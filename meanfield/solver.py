@@ -136,7 +136,7 @@ class Simulation(Stepper):
         """Advance ``state`` in place by one adaptive step not passing ``t_limit``; returns dt."""
         stage0 = self.fv.rhs(state.rho)
         un = stage0[1]
-        dt = min(self.cfl * self.fv.cfl_dt(un), self.rate_cfl / self.rate, self.dt_max)
+        dt = min(self.cfl * self.integrator.ssp_coefficient * self.fv.cfl_dt(un), self.rate_cfl / self.rate, self.dt_max)
         dt = self.clip_step(state.t, dt, t_limit)
         if self.partition is None:
             operator, u0 = self.fv.rhs, state.rho

@@ -9,9 +9,11 @@ Contract of an integrator (:class:`SSPRK`):
 * If some stage needs a smaller step than ``dt`` to stay admissible the integrator
   raises :class:`StepRejected` with the largest admissible ``dt`` it saw; the caller retries.
 
-Schemes are tables in Shu--Osher form, ``u_k = a_k u_0 + (1 - a_k)(u_{k-1} + dt L(u_{k-1}))``,
-a convex combination of forward-Euler steps: every property a forward-Euler step keeps
-under a step ``dt`` (positivity here) the whole scheme keeps.
+Schemes are tables in Shu--Osher form, ``u_k = a_k u_0 + (1 - a_k)(u_{k-1} + c dt L(u_{k-1}))``,
+a convex combination of forward-Euler steps of size ``c dt``: every property a forward-Euler
+step keeps under a step ``h`` (positivity here) the whole scheme keeps for ``dt <= h / c``
+(``1 / c`` is the SSP coefficient). SSP-RK3 (Shu--Osher) has ``c = 1``; the four-stage
+third-order SSP(4,3) has ``c = 1/2``: steps twice as long for 4/3 of the work per step.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SSPRK", "SSPRK3", "INTEGRATORS", "NonFiniteStateError", "StepRejected", "Stepper"]
+__all__ = ["SSPRK", "SSPRK3", "SSPRK43", "INTEGRATORS", "NonFiniteStateError", "StepRejected", "Stepper"]
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -42,18 +44,26 @@ class SSPRK:
     name: str
     order: int
     a: tuple[float, ...]
+    #: Each stage is a forward-Euler step of ``c * dt``.
+    c: float = 1.0
+
+    @property
+    def ssp_coefficient(self) -> float:
+        """The step is admissible up to ``ssp_coefficient`` times the forward-Euler bound."""
+        return 1.0 / self.c
 
     def step(self, operator, u0: np.ndarray, dt: float, stage0=None) -> np.ndarray:
         lu, _, dt_pos = stage0 if stage0 is not None else operator(u0)
         u = u0
+        h = self.c * dt
         for k, a in enumerate(self.a):
             if k > 0:
                 lu, _, dt_pos = operator(u)
-            if dt > dt_pos:
-                raise StepRejected(dt_pos)
-            # u0 + (1 - a)(u - u0 + dt L): rounding errors scale with the increment, not
+            if h > dt_pos:
+                raise StepRejected(dt_pos / self.c)
+            # u0 + (1 - a)(u - u0 + h L): rounding errors scale with the increment, not
             # with the state, so the mass drifts by far less than one ulp per step.
-            u = u + dt * lu if a == 0.0 else u0 + (1.0 - a) * ((u - u0) + dt * lu)
+            u = u + h * lu if a == 0.0 else u0 + (1.0 - a) * ((u - u0) + h * lu)
             if not np.all(np.isfinite(u)):
                 raise NonFiniteStateError(f"stage {k + 1} of a {self.name} step of size {dt:.3e} is not finite")
         return u
@@ -63,8 +73,11 @@ class SSPRK:
 SSPRK1 = SSPRK("euler", 1, (0.0,))
 SSPRK2 = SSPRK("ssprk2", 2, (0.0, 0.5))
 SSPRK3 = SSPRK("ssprk3", 3, (0.0, 0.75, 1.0 / 3.0))
+#: SSP(4,3) (Kraaijevanger; Spiteri--Ruuth): four Euler stages of dt/2, the third averaged
+#: with u0 (2/3 u0 + 1/3 ...). Third order, SSP coefficient 2.
+SSPRK43 = SSPRK("ssprk43", 3, (0.0, 0.0, 2.0 / 3.0, 0.0), c=0.5)
 
-INTEGRATORS = {s.name: s for s in (SSPRK1, SSPRK2, SSPRK3)}
+INTEGRATORS = {s.name: s for s in (SSPRK1, SSPRK2, SSPRK3, SSPRK43)}
 
 
 class Stepper:
