@@ -66,12 +66,28 @@ def _muscl(fv: "FiniteVolume", rho: np.ndarray, cells=slice(None)) -> np.ndarray
     grad = np.einsum("ndk,nk->nd", mesh.grad_operator[cells], nb - own[:, None])
     delta = np.einsum("nd,nfqd->nfq", grad, mesh.face_displacement[cells])
     low, high = mesh.neighborhood_extrema(rho, cells)
-    hi = np.minimum(high, 2.0 * own)[:, None, None] - own[:, None, None]
-    lo = np.maximum(low, 0.0)[:, None, None] - own[:, None, None]
+    hi = np.minimum(high, 2.0 * own) - own  # >= 0
+    lo = np.maximum(low, 0.0) - own  # <= 0
+    # Barth--Jespersen: phi = min(1, min over faces of hi / delta (delta > 0) or lo / delta
+    # (delta < 0)). Division is monotone, so that is hi / max(delta) and lo / min(delta):
+    # two per-cell reductions instead of a ratio per face (same bits).
+    flat = delta.reshape(delta.shape[0], -1)
+    dmax, dmin = flat[:, 0].copy(), flat[:, 0].copy()
+    for j in range(1, flat.shape[1]):
+        np.maximum(dmax, flat[:, j], out=dmax)
+        np.minimum(dmin, flat[:, j], out=dmin)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(delta > 0, hi / delta, np.where(delta < 0, lo / delta, 1.0))
-    phi = np.clip(ratio.min(axis=(1, 2)), 0.0, 1.0)
+        phi = np.minimum(np.where(dmax > 0, hi / dmax, 1.0), np.where(dmin < 0, lo / dmin, 1.0))
+    np.clip(phi, 0.0, 1.0, out=phi)
     return own[:, None, None] + phi[:, None, None] * delta
+
+
+def _row_sums(a: np.ndarray) -> np.ndarray:
+    """Sums along the short second axis, left to right, column by column."""
+    out = a[:, 0].copy()
+    for j in range(1, a.shape[1]):
+        out += a[:, j]
+    return out
 
 
 class FiniteVolume:
@@ -174,14 +190,14 @@ class FiniteVolume:
         values = self._faces(self, rho, self._stencil).reshape(-1, un.shape[1])
         up = np.maximum(un, 0.0)
         down = np.minimum(un, 0.0)
-        wl = self._weights * up * values[self._left_slot]  # left -> right
-        wr = self._weights * down * values[self._right_slot]  # right -> left (<= 0)
-        flux = (wl + wr).sum(axis=1)
+        wl = _row_sums(self._weights * up * values[self._left_slot])  # left -> right
+        wr = _row_sums(self._weights * down * values[self._right_slot])  # right -> left (<= 0)
+        flux = wl + wr
         n = self.n_owned
         # (an extra bin n collects the sides that belong to other ranks)
         dm = (np.bincount(self._right_cell, flux, minlength=n + 1) - np.bincount(self._left_cell, flux, minlength=n + 1))[:n]
-        outflow = (np.bincount(self._left_cell, wl.sum(axis=1), minlength=n + 1)
-                   - np.bincount(self._right_cell, wr.sum(axis=1), minlength=n + 1))[:n]
+        outflow = (np.bincount(self._left_cell, wl, minlength=n + 1)
+                   - np.bincount(self._right_cell, wr, minlength=n + 1))[:n]
         own = rho[self._owned]
         with np.errstate(divide="ignore", invalid="ignore"):
             dt_pos = float(np.min(np.where(outflow > 0, own * self._areas / outflow, np.inf), initial=np.inf))
@@ -196,8 +212,8 @@ class FiniteVolume:
 
     def cfl_dt(self, un: np.ndarray) -> float:
         """``min_i |C_i| / sum_{edges of i} w |u|``: a CFL number of 1 per unit of this step."""
-        speed = (self._weights * np.abs(un)).sum(axis=1)
-        per_cell = speed[self._cell_edges].sum(axis=1)
+        speed = _row_sums(self._weights * np.abs(un))
+        per_cell = _row_sums(speed[self._cell_edges])
         with np.errstate(divide="ignore"):
             dt = float(np.min(np.where(per_cell > 0, self._areas / per_cell, np.inf), initial=np.inf))
         return dt if self.partition is None else self.partition.min(dt)
