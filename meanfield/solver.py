@@ -66,21 +66,25 @@ def _make_field(model, backend, tolerance, n_targets, n_sources):
         raise ValueError(f"unknown backend {backend!r} (choose 'direct', 'spectral' or 'auto')")
     if model.d == 2:
         from . import spectral_circle as spectral
-    elif model.d == 3 and model.isotropic() is not None:
+
+        cost_of, build = spectral.spectral_cost, spectral.SpectralCircleField
+    elif model.d == 3:
+        # any Q, K, V: Funk--Hecke for isotropic models, else the separable expansion
+        # (spectral_sphere_general), refused (ValueError) when its matrix is too large
         from . import spectral_sphere as spectral
+
+        cost_of, build = spectral.spectral_sphere_cost, spectral.spectral_sphere_field
     else:
         if backend == "spectral":
-            why = "Q^T K = c I and V = v I" if model.d == 3 else "the circle or the sphere"
-            raise ValueError(f"the spectral backend needs {why}; use 'direct' or 'auto'")
+            raise ValueError("the spectral backend needs the circle or the sphere; use 'direct' or 'auto'")
         return DirectField(model)
     if backend == "auto":
         if n_targets is None or n_sources is None:
             return DirectField(model)
-        cost = spectral.spectral_cost(model, n_targets, n_sources, tolerance)
+        cost = cost_of(model, n_targets, n_sources, tolerance)
         if not cost < 0.5 * n_targets * n_sources:
             return DirectField(model)
-    cls = spectral.SpectralCircleField if model.d == 2 else spectral.SpectralSphereField
-    return cls(model, tolerance=tolerance)
+    return build(model, tolerance=tolerance)
 
 
 class Simulation(Stepper):

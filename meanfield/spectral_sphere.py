@@ -67,9 +67,17 @@ fallback; clustered states at ``beta >~ 30`` still do, because there ``Phi_s`` f
 ``e^{-2|b|}`` across the sphere. USA has no fallback: its error is absolute, ``~ eta |v| e^{|b|} B_g / |b|``,
 small against ``max |X|``.
 
-Only isotropic models are handled here; general ``Q, K, V`` (a truncated expansion of the
-anisotropic kernel) is a later step. ``b = 0`` is evaluated in closed form:
-``X = v P_x(sum_j w_j y_j)`` (divided by ``W`` for SA).
+``b = 0`` is evaluated in closed form: ``X = v P_x(sum_j w_j y_j)`` (divided by ``W`` for SA).
+
+Two phases (MPI). A call is ``evaluate(targets, coefficients(sources, weights), sources,
+weights)``: :meth:`SpectralSphereField.coefficients` (the moments ``a_lm``) is linear in the
+weights, so ranks holding parts of the measure sum (``Allreduce``) their partial arrays;
+:meth:`SpectralSphereField.evaluate` needs only the summed coefficients (the total weight is
+``sqrt(4 pi) a_00``), plus the whole measure for the SA direct fallback.
+
+General ``Q, K, V`` are handled by :mod:`meanfield.spectral_sphere_general` (a separable
+expansion of the kernel built once per model); :func:`spectral_sphere_field` and
+:func:`spectral_sphere_cost` choose between the two for any model on S^2.
 """
 
 from __future__ import annotations
@@ -82,7 +90,7 @@ from scipy import special
 from .attention import (USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, check_field_inputs,
                         single_thread_blas)
 
-__all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax"]
+__all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax", "spectral_sphere_cost", "spectral_sphere_field"]
 
 #: ducc0 refuses NUFFT accuracies at or below 2e-13 in double precision.
 _DUCC_EPS_FLOOR = 3e-13
@@ -193,7 +201,7 @@ def spectral_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: fl
     and 2 for USA); it matched measured times within ~25% for ``N, M`` from 100 to 5e5 and
     ``lmax`` from 14 to 287. SA targets recomputed by the direct fallback (clustered measures,
     see the module docstring) are not included. Returns ``inf`` when the model is not
-    isotropic or ``d != 3``.
+    isotropic or ``d != 3`` (:func:`spectral_sphere_cost` covers every model).
     """
     iso = model.isotropic() if model.d == 3 else None
     if iso is None:
@@ -215,13 +223,38 @@ def _angles(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.stack([theta, phi], axis=1))
 
 
+def check_sources(model: AttentionModel, sources, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous ``(y (M, d), w (M,))`` of a (possibly partial) measure: shapes and
+    nonnegative weights checked; the total may be zero (one MPI rank's part)."""
+    d = model.d
+    y = np.ascontiguousarray(sources, dtype=float)
+    w = np.ascontiguousarray(weights, dtype=float)
+    if y.ndim != 2 or y.shape[1] != d:
+        raise ValueError(f"sources must have shape (M, {d}), got {y.shape}")
+    if w.shape != (y.shape[0],):
+        raise ValueError(f"weights must have shape ({y.shape[0]},), got {w.shape}")
+    if np.any(w < 0):
+        raise ValueError("weights must be nonnegative")
+    return y, w
+
+
+def check_targets(model: AttentionModel, targets) -> np.ndarray:
+    """Contiguous targets ``(N, d)``, shape checked."""
+    x = np.ascontiguousarray(targets, dtype=float)
+    if x.ndim != 2 or x.shape[1] != model.d:
+        raise ValueError(f"targets must have shape (N, {model.d}), got {x.shape}")
+    return x
+
+
 class SpectralSphereField:
     """Attention field on S^2 by spherical-harmonic transforms at arbitrary points.
 
     Implements the :class:`~meanfield.attention.AttentionField` protocol for isotropic
     models (``Q^T K = c I``, ``V = v I``; see the module docstring for the method, the
-    accuracy model and the direct fallback). General ``Q, K, V`` are not handled yet (a
-    truncated expansion of the anisotropic kernel is a later step): they raise ``ValueError``.
+    accuracy model and the direct fallback), in two phases (:meth:`coefficients`,
+    :meth:`evaluate`). Other models raise ``ValueError`` here: use
+    :func:`spectral_sphere_field`, which builds a
+    :class:`~meanfield.spectral_sphere_general.GeneralSphereField` for them.
 
     Parameters
     ----------
@@ -269,7 +302,7 @@ class SpectralSphereField:
         if iso is None:
             raise ValueError(
                 "SpectralSphereField needs an isotropic model (Q^T K = c I and V = v I); "
-                "general Q, K, V are not supported by the spectral backend yet, use DirectField"
+                "for general Q, K, V use spectral_sphere_field (GeneralSphereField) or DirectField"
             )
         tol = float(tolerance)
         if not (math.isfinite(tol) and _MIN_TOLERANCE <= tol < 1.0):
@@ -303,30 +336,69 @@ class SpectralSphereField:
             self._w_phi = np.sqrt((2 * ls + 1) / (4 * math.pi))
             self._w_g = self._w_phi * np.sqrt(ls * (ls + 1))
 
-    # -- the protocol ----------------------------------------------------------------------
+    # -- the protocol, in two phases -----------------------------------------------------
     def __call__(self, targets, sources, weights):
         x, y, w = check_field_inputs(self.model, targets, sources, weights)
+        return self.evaluate(x, self.coefficients(y, w), y, w)
+
+    def coefficients(self, sources, weights) -> np.ndarray:
+        """The measure's part of a call: ``a_lm = sum_j w_j conj(Y_lm(y_j))``, ``m >= 0``.
+
+        A float64 array: the complex ``a_lm`` (ducc0's triangular layout) viewed as pairs of
+        reals, ``(lmax + 1) (lmax + 2)`` numbers; for ``b = 0`` the four numbers
+        ``[W, sum_j w_j y_j]``. Linear in the weights: the coefficients of a measure split
+        into parts (MPI ranks) are the sum of the parts' coefficients (``Allreduce``). A part
+        may carry no mass.
+        """
+        y, w = check_sources(self.model, sources, weights)
+        keep = w > 0
+        if not np.all(keep):
+            y, w = y[keep], w[keep]
+        if self.b == 0.0:
+            return np.concatenate([[w.sum()], w @ y])
+        size = (self.lmax + 1) * (self.lmax + 2)
+        if w.size == 0:
+            return np.zeros(size)
+        from ducc0.sht.experimental import adjoint_synthesis_general
+
+        alm = adjoint_synthesis_general(
+            map=w[None, :], spin=0, lmax=self.lmax, loc=_angles(y), epsilon=self.epsilon, nthreads=1
+        )
+        return np.ascontiguousarray(alm[0]).view(np.float64)
+
+    def evaluate(self, targets, coeffs, sources=None, weights=None) -> np.ndarray:
+        """The field at ``targets`` from the :meth:`coefficients` of the whole measure.
+
+        ``sources, weights`` (the whole measure) serve only the SA direct fallback; USA does
+        not need them. The total weight ``W`` is read from the coefficients
+        (``W = sqrt(4 pi) a_00``).
+        """
+        x = check_targets(self.model, targets)
         normalized = self.model.normalized
-        total = float(w.sum())
+        coeffs = np.ascontiguousarray(coeffs, dtype=float)
+        size = 4 if self.b == 0.0 else (self.lmax + 1) * (self.lmax + 2)
+        if coeffs.shape != (size,):
+            raise ValueError(f"coefficients must have shape ({size},) for this field, got {coeffs.shape}")
+        total = float(coeffs[0]) * (1.0 if self.b == 0.0 else math.sqrt(4.0 * math.pi))
+        if normalized and not total > 0:
+            raise ValueError("SA field needs a positive total weight")
         self.last_fallback_count = 0
         out = np.zeros_like(x)
         if x.shape[0] == 0 or self.v == 0.0 or not total > 0:
             return out
-        keep = w > 0
-        if not np.all(keep):
-            y, w = y[keep], w[keep]
         with single_thread_blas():
             if self.b == 0.0:
-                mean = (w @ y) * (self.v / (total if normalized else 1.0))
-                out[:] = mean
+                out[:] = coeffs[1:] * (self.v / (total if normalized else 1.0))
             elif not normalized:
-                out = self._spectral(x, y, w, total)
+                out = self._transform(x, coeffs.view(np.complex128)[None, :], total)
             else:
-                out, err = self._spectral(x, y, w, total)
+                out, err = self._transform(x, coeffs.view(np.complex128)[None, :], total)
                 fallback = err > self.tolerance
                 count = int(fallback.sum())
                 if count:
-                    out[fallback] = DirectField(self.model)(x[fallback], y, w)
+                    if sources is None or weights is None:
+                        raise ValueError("the SA direct fallback needs the sources and weights of the whole measure")
+                    out[fallback] = DirectField(self.model)(x[fallback], sources, weights)
                 self.last_fallback_count = count
         out -= np.einsum("ij,ij->i", out, x)[:, None] * x
         return out
@@ -334,8 +406,14 @@ class SpectralSphereField:
     # -- the transforms --------------------------------------------------------------------
     def _spectral(self, x, y, w, total):
         """USA: the field. SA: the field and its estimated error relative to ``|v|`` per target
-        (``inf`` where ``Phi_s`` is not resolved)."""
-        from ducc0.sht.experimental import adjoint_synthesis_general, synthesis_general
+        (``inf`` where ``Phi_s`` is not resolved). Not projected; needs ``b != 0``. ``total``
+        is not used: the total weight comes from the coefficients."""
+        coeffs = self.coefficients(y, w)
+        return self._transform(x, coeffs.view(np.complex128)[None, :], float(coeffs[0]) * math.sqrt(4.0 * math.pi))
+
+    def _transform(self, x, alm, total):
+        """:meth:`_spectral` from the moments ``alm`` (shape (1, nalm)) and the total weight."""
+        from ducc0.sht.experimental import synthesis_general
 
         L, eps, b, v = self.lmax, self.epsilon, self.b, self.v
         b_abs = abs(b)
@@ -345,10 +423,6 @@ class SpectralSphereField:
                 f"USA attention overflows: |beta c| = {b_abs:.1f} exceeds the logit limit "
                 f"{USA_LOGIT_LIMIT:.1f}; use SA (model.kind = \"SA\") or a smaller beta"
             )
-        # a_lm = sum_j w_j conj(Y_lm(y_j)), m >= 0 (real measure: a_{l,-m} = (-1)^m conj(a_lm))
-        alm = adjoint_synthesis_general(
-            map=w[None, :], spin=0, lmax=L, loc=_angles(y), epsilon=eps, nthreads=1
-        )
         alm_g = alm * self._lam_g[self._l_of]
         loc = _angles(x)
         # spin-1 "DERIV1": maps (d/dtheta, 1/sin(theta) d/dphi) of the spin-0 synthesis, here
@@ -370,7 +444,7 @@ class SpectralSphereField:
                 )
             return out
 
-        alm *= self._lam[self._l_of]
+        alm = alm * self._lam[self._l_of]
         phi_s = synthesis_general(alm=alm, spin=0, lmax=L, loc=loc, epsilon=eps, nthreads=1)[0]
         # bounds on Phi_s and |grad Phi_s| / |b| from the coefficients (per degree l)
         b_phi = float(self._w_phi @ self._degree_norms(alm))
@@ -391,3 +465,43 @@ class SpectralSphereField:
             return np.zeros(self.lmax + 1)
         sq = np.bincount(self._l_of, weights=self._m_mult * (mag / scale) ** 2, minlength=self.lmax + 1)
         return scale * np.sqrt(sq)
+
+
+# ---------------------------------------------------------------------------------------
+# One entry point for every model on S^2
+# ---------------------------------------------------------------------------------------
+def spectral_sphere_field(model: AttentionModel, tolerance: float = 1e-12):
+    """The spectral field for any model on S^2 (``d = 3``).
+
+    Isotropic models (``Q^T K = c I`` and ``V = v I``): :class:`SpectralSphereField`
+    (Funk--Hecke, no precomputation). Any other ``Q, K, V``:
+    :class:`~meanfield.spectral_sphere_general.GeneralSphereField` (a separable expansion
+    of the kernel built once); it raises ``ValueError`` when its coefficient matrix would
+    exceed :data:`~meanfield.spectral_sphere_general.MAX_COEFFICIENT_BYTES`. Both have
+    ``name = "spectral"``, ``model``, ``last_fallback_count``, ``tolerance`` and the
+    two-phase ``coefficients`` / ``evaluate`` API.
+    """
+    if model.d != 3:
+        raise ValueError(f"the spectral sphere backend works on S^2 (d = 3), got d = {model.d}")
+    if model.isotropic() is not None:
+        return SpectralSphereField(model, tolerance)
+    from .spectral_sphere_general import GeneralSphereField
+
+    return GeneralSphereField(model, tolerance)
+
+
+def spectral_sphere_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: float = 1e-12) -> float:
+    """Cost of one call of :func:`spectral_sphere_field` ``(model)``, in direct pair evaluations.
+
+    :func:`spectral_cost` for isotropic models,
+    :func:`~meanfield.spectral_sphere_general.general_cost` otherwise (which includes a share
+    of the construction); ``inf`` where no spectral backend applies (``d != 3``, or a
+    coefficient matrix above the limit).
+    """
+    if model.d != 3:
+        return math.inf
+    if model.isotropic() is not None:
+        return spectral_cost(model, n_targets, n_sources, tol)
+    from .spectral_sphere_general import general_cost
+
+    return general_cost(model, n_targets, n_sources, tol)
