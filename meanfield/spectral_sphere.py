@@ -216,11 +216,36 @@ def spectral_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: fl
     return float(per_point + n_tr * (3.5 * lmax**2 * math.log2(lmax + 1) + 26000.0))
 
 
+#: Point sets whose angles are kept: ``[(copy of the points, angles)]``, most recent last.
+_ANGLE_CACHE: list = []
+_ANGLE_CACHE_SIZE = 4
+#: Smaller point sets are not cached (their angles cost less than the comparison pays back).
+_ANGLE_CACHE_MIN_POINTS = 4096
+
+
 def _angles(x: np.ndarray) -> np.ndarray:
-    """(theta, phi) rows for ducc0: colatitude in [0, pi], longitude in [0, 2 pi)."""
+    """(theta, phi) rows for ducc0: colatitude in [0, pi], longitude in [0, 2 pi).
+
+    The finite-volume solver asks for the angles of the same points (edge quadrature
+    points, cell centres) at every stage, and the two arctangents cost about 8 times a
+    comparison of the coordinates; so the angles of the last few large point sets are
+    kept and returned when the coordinates are equal (compared in full, so a point set
+    changed in place is never served stale angles). Returned arrays are read-only.
+    """
+    big = x.shape[0] >= _ANGLE_CACHE_MIN_POINTS
+    if big:
+        for k, (pts, loc) in enumerate(_ANGLE_CACHE):
+            if pts.shape == x.shape and np.array_equal(pts, x):
+                _ANGLE_CACHE.append(_ANGLE_CACHE.pop(k))
+                return loc
     theta = np.arctan2(np.hypot(x[:, 0], x[:, 1]), x[:, 2])
     phi = np.mod(np.arctan2(x[:, 1], x[:, 0]), 2.0 * np.pi)
-    return np.ascontiguousarray(np.stack([theta, phi], axis=1))
+    loc = np.ascontiguousarray(np.stack([theta, phi], axis=1))
+    if big:
+        loc.flags.writeable = False
+        _ANGLE_CACHE.append((np.array(x, dtype=float, copy=True), loc))
+        del _ANGLE_CACHE[:-_ANGLE_CACHE_SIZE]
+    return loc
 
 
 def check_sources(model: AttentionModel, sources, weights) -> tuple[np.ndarray, np.ndarray]:

@@ -192,3 +192,20 @@ def test_spectral_cost_is_a_usable_estimate():
     assert spectral_cost(model(9.0, normalized=False), n, k) < spectral_cost(m, n, k)
     assert spectral_cost(model(200.0), n, k) > spectral_cost(m, n, k)
     assert spectral_cost(mf.AttentionModel(d=3, beta=1.0, Q=np.diag([1.0, 2.0, 3.0])), n, k) == math.inf
+
+
+def test_angle_cache_never_serves_stale_angles():
+    """Large point sets reuse their angles across calls, but only while the coordinates are
+    equal: points changed in place get fresh angles (and the fields stay exact)."""
+    from meanfield.spectral_sphere import _angles
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(5000, 3))
+    x /= np.linalg.norm(x, axis=1)[:, None]
+    first = _angles(x)
+    assert _angles(x.copy()) is first  # equal coordinates: the kept angles
+    x[17] = [0.0, 0.0, 1.0]  # changed in place
+    again = _angles(x)
+    assert again is not first and again[17, 0] == 0.0
+    fresh = np.stack([np.arctan2(np.hypot(x[:, 0], x[:, 1]), x[:, 2]), np.mod(np.arctan2(x[:, 1], x[:, 0]), 2 * np.pi)], 1)
+    assert np.array_equal(again, fresh)
