@@ -44,12 +44,15 @@ def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 
     """The attention-field backend named ``backend`` for ``model``.
 
     ``"direct"``: exact blocked sums. ``"spectral"``: truncated Fourier (S^1, any 2 x 2
-    Q, K, V; :mod:`meanfield.spectral_circle`) or spherical-harmonic expansions (S^2,
-    isotropic models; :mod:`meanfield.spectral_sphere`), accurate to ``tolerance``
-    relative; a ``ValueError`` where no spectral backend exists for the model. ``"auto"``:
+    Q, K, V; :mod:`meanfield.spectral_circle`) or spherical-harmonic expansions (S^2:
+    isotropic models by Funk--Hecke, :mod:`meanfield.spectral_sphere`; any Q, K, V by a
+    separable expansion, :mod:`meanfield.spectral_sphere_general`), accurate to
+    ``tolerance`` relative; a ``ValueError`` where no spectral backend exists for the model
+    (other dimensions) or its coefficients would not fit in memory. ``"auto"``:
     spectral where it exists and its estimated cost for ``n_targets`` x ``n_sources`` is
     below half the direct cost, else direct. With a :class:`~meanfield.parallel.Distributor`
-    ``dist`` of more than one rank, the targets are split across the ranks.
+    ``dist`` of more than one rank, the targets are split across the ranks (particles; the
+    finite-volume solver splits its cells itself, :class:`~meanfield.parallel.Partition`).
     """
     field = _make_field(model, backend, tolerance, n_targets, n_sources)
     if dist is not None and dist.size > 1:

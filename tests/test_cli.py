@@ -197,8 +197,9 @@ FILE_ERRORS = [
     ({"initial": {"kind": "python", "function": "dens.py:boom"}}, "initial.function", "kaboom from the user function"),
     ({"initial": {"kind": "python", "function": "no_such_module_xyz:f"}}, "initial.function", "cannot import"),
     ({"solver": {"backend": "spectral"}, "domain": {"manifold": "sphere", "mesh": "icosahedral:1"},
-      "model": {"V": [[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}, "initial": {"kind": "uniform", "modes": []}},
-     "solver.backend", "needs Q^T K = c I"),
+      "model": {"beta": 200.0, "Q": [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]]},
+      "initial": {"kind": "uniform", "modes": []}},
+     "solver.backend", "coefficient matrix of more than 2 GB"),
     ({"domain": {"mesh": "icosahedral:x", "manifold": "sphere"}, "initial": {"kind": "uniform", "modes": []}}, "domain.mesh",
      "LEVEL"),
 ]
