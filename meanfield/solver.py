@@ -86,8 +86,12 @@ def _make_field(model, backend, tolerance, n_targets, n_sources):
             return DirectField(model)
         cost = cost_of(model, n_targets, n_sources, tolerance)
         if not cost < 0.5 * n_targets * n_sources:
+            log.info("backend auto: direct (spectral estimated at %.3g pair evaluations, direct %.3g)", cost,
+                     float(n_targets) * n_sources)
             return DirectField(model)
-    return build(model, tolerance=tolerance)
+    field = build(model, tolerance=tolerance)
+    log.info("backend %s: %r", backend, field)  # the truncation chosen for beta, Q, K, V and the tolerance
+    return field
 
 
 class Simulation(Stepper):

@@ -362,6 +362,11 @@ class SpectralSphereField:
             self._w_g = self._w_phi * np.sqrt(ls * (ls + 1))
 
     # -- the protocol, in two phases -----------------------------------------------------
+    def __repr__(self) -> str:
+        m = self.model
+        return (f"SpectralSphereField({m.kind}, beta={m.beta:g}, c={self.c:g}, v={self.v:g}, "
+                f"tolerance={self.tolerance:g}, lmax={self.lmax})")
+
     def __call__(self, targets, sources, weights):
         x, y, w = check_field_inputs(self.model, targets, sources, weights)
         return self.evaluate(x, self.coefficients(y, w), y, w)
