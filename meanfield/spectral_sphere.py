@@ -248,6 +248,24 @@ def _angles(x: np.ndarray) -> np.ndarray:
     return loc
 
 
+#: The local frames of the kept angle sets: ``[(angles, (cos theta, sin theta, cos phi, sin phi))]``.
+_FRAME_CACHE: list = []
+
+
+def _frame(loc: np.ndarray) -> tuple:
+    """``cos theta, sin theta, cos phi, sin phi`` of the angles ``loc``; kept with the angle
+    sets of :func:`_angles` (read-only arrays, recognized by identity)."""
+    for ref, frame in _FRAME_CACHE:
+        if ref is loc:
+            return frame
+    theta, phi = loc[:, 0], loc[:, 1]
+    frame = (np.cos(theta), np.sin(theta), np.cos(phi), np.sin(phi))
+    if not loc.flags.writeable and any(loc is kept for _, kept in _ANGLE_CACHE):
+        _FRAME_CACHE.append((loc, frame))
+        del _FRAME_CACHE[:-_ANGLE_CACHE_SIZE]
+    return frame
+
+
 def check_sources(model: AttentionModel, sources, weights) -> tuple[np.ndarray, np.ndarray]:
     """Contiguous ``(y (M, d), w (M,))`` of a (possibly partial) measure: shapes and
     nonnegative weights checked; the total may be zero (one MPI rank's part)."""
@@ -458,8 +476,7 @@ class SpectralSphereField:
         # spin-1 "DERIV1": maps (d/dtheta, 1/sin(theta) d/dphi) of the spin-0 synthesis, here
         # of Phi_s / b
         g = synthesis_general(alm=alm_g, spin=1, lmax=L, loc=loc, epsilon=eps, nthreads=1, mode="DERIV1")
-        theta, phi = loc[:, 0], loc[:, 1]
-        ct, st, cp, sp = np.cos(theta), np.sin(theta), np.cos(phi), np.sin(phi)
+        ct, st, cp, sp = _frame(loc)
         gt, gp = g[0], g[1]
         grad = np.empty_like(x)  # grad(Phi_s) / b = gt e_theta + gp e_phi
         grad[:, 0] = gt * ct * cp - gp * sp

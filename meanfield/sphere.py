@@ -387,8 +387,19 @@ class SphereMesh(Mesh):
                 np.maximum(hi, vmax[tri[:, k]], out=hi)
             return lo, hi
         # a part of the mesh (one MPI rank's cells): only the vertices those cells touch
-        ring = rho[self.vertex_cells[self.triangles[cells]]]  # (n, 3, valence)
-        return _column_extrema(ring.reshape(ring.shape[0], -1))
+        # (found once per index array; the solver passes the same one at every stage)
+        cached = getattr(self, "_part_vertices", None)
+        if cached is None or cached[0] is not cells:
+            verts, corner = np.unique(self.triangles[cells], return_inverse=True)
+            cached = (cells, self.vertex_cells[verts], corner.reshape(-1, 3))
+            self._part_vertices = cached
+        _, around, corner = cached
+        vmin, vmax = _column_extrema(rho[around])
+        lo, hi = vmin[corner[:, 0]], vmax[corner[:, 0]]
+        for k in (1, 2):
+            np.minimum(lo, vmin[corner[:, k]], out=lo)
+            np.maximum(hi, vmax[corner[:, k]], out=hi)
+        return lo, hi
 
     @property
     def vertex_cells(self) -> np.ndarray:
