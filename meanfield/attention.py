@@ -33,6 +33,8 @@ __all__ = [
     "FieldOverflowError",
     "USA_LOGIT_LIMIT",
     "check_field_inputs",
+    "check_sources",
+    "check_targets",
     "energy",
     "growth_rate",
     "single_thread_blas",
@@ -206,16 +208,21 @@ class AttentionField(Protocol):
     def __call__(self, targets: np.ndarray, sources: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
 
 
-def check_field_inputs(model: AttentionModel, targets, sources, weights, partial: bool = False):
-    """Contiguous float arrays ``(x, y, w)`` of a field call, checked: shapes ``(N, d)``,
-    ``(M, d)``, ``(M,)``, nonnegative weights, and a positive total weight for SA (not for
-    a ``partial`` measure: one MPI rank's part of the sources may carry no mass)."""
-    d = model.d
+def check_targets(model: AttentionModel, targets) -> np.ndarray:
+    """Contiguous float targets ``(N, d)``, shape checked."""
     x = np.ascontiguousarray(targets, dtype=float)
+    if x.ndim != 2 or x.shape[1] != model.d:
+        raise ValueError(f"targets must have shape (N, {model.d}), got {x.shape}")
+    return x
+
+
+def check_sources(model: AttentionModel, sources, weights, partial: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous float ``(y (M, d), w (M,))``: shapes and nonnegative weights checked, and a
+    positive total weight for SA unless the measure is ``partial`` (one MPI rank's part of
+    the sources may carry no mass)."""
+    d = model.d
     y = np.ascontiguousarray(sources, dtype=float)
     w = np.ascontiguousarray(weights, dtype=float)
-    if x.ndim != 2 or x.shape[1] != d:
-        raise ValueError(f"targets must have shape (N, {d}), got {x.shape}")
     if y.ndim != 2 or y.shape[1] != d:
         raise ValueError(f"sources must have shape (M, {d}), got {y.shape}")
     if w.shape != (y.shape[0],):
@@ -224,7 +231,13 @@ def check_field_inputs(model: AttentionModel, targets, sources, weights, partial
         raise ValueError("weights must be nonnegative")
     if model.normalized and not partial and not w.sum() > 0:
         raise ValueError("SA field needs a positive total weight")
-    return x, y, w
+    return y, w
+
+
+def check_field_inputs(model: AttentionModel, targets, sources, weights):
+    """Contiguous float arrays ``(x, y, w)`` of a field call, checked (:func:`check_targets`,
+    :func:`check_sources`)."""
+    return (check_targets(model, targets),) + check_sources(model, sources, weights)
 
 
 _LOG_MAX = math.log(np.finfo(float).max)
@@ -365,18 +378,11 @@ def _spectral_pair_sum(model: AttentionModel, qk: np.ndarray, x: np.ndarray, w: 
         c = float(np.trace(qk)) / 3.0
         if np.abs(qk - c * np.eye(3)).max() > 1e-14 * scale:
             return None
-        from ducc0.sht.experimental import adjoint_synthesis_general
+        from .spectral_sphere import SpectralSphereField
 
-        from .spectral_sphere import _angles, _scaled_in, spectral_lmax
-
-        bval = beta * c
-        lmax = spectral_lmax(bval, 1e-13)
-        lam = 4.0 * math.pi * _scaled_in(lmax, abs(bval))
-        if bval < 0:
-            lam = lam * np.where(np.arange(lmax + 1) % 2 == 1, -1.0, 1.0)
-        alm = adjoint_synthesis_general(map=w[None, :], spin=0, lmax=lmax, loc=_angles(x), epsilon=3e-13,
-                                        nthreads=1)[0]
-        l_of = np.concatenate([np.arange(m, lmax + 1) for m in range(lmax + 1)])
-        mult = np.concatenate([np.full(lmax + 1 - m, 1.0 if m == 0 else 2.0) for m in range(lmax + 1)])
-        return float(np.sum(lam[l_of] * mult * np.abs(alm) ** 2)) * math.exp(abs(bval))
+        # Funk--Hecke: sum_ij w_i w_j e^{b <x_i, x_j>} = sum_lm lambda_l |a_lm|^2, with the
+        # moments a_lm and the scaled eigenvalues lambda_l e^{-|b|} of the field backend
+        field = SpectralSphereField(AttentionModel(d=3, beta=beta, Q=c * np.eye(3)), tolerance=1e-13)
+        alm = field.coefficients(x, w).view(complex)
+        return float(np.sum(field._lam[field._l_of] * field._m_mult * np.abs(alm) ** 2)) * math.exp(abs(field.b))
     return None

@@ -111,7 +111,7 @@ import numpy as np
 from scipy import special
 
 from .attention import (USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, check_field_inputs,
-                        single_thread_blas)
+                        check_sources, single_thread_blas)
 
 __all__ = [
     "SpectralCircleField",
@@ -419,7 +419,7 @@ class SpectralCircleField:
     def coefficients(self, sources, weights) -> np.ndarray:
         """The source moments ``c_n = sum_j w_j e^{i n s_j}``, ``n = 0..L+1``: linear in the
         weights, so partial sums over parts of the measure (MPI ranks) add up."""
-        _, y, w = check_field_inputs(self.model, np.zeros((0, 2)), sources, weights, partial=True)
+        y, w = check_sources(self.model, sources, weights, partial=True)
         keep = w > 0
         y, w = y[keep], w[keep]
         zs = (y[:, 0] + 1j * y[:, 1]) / np.hypot(y[:, 0], y[:, 1])

@@ -88,7 +88,7 @@ import numpy as np
 from scipy import special
 
 from .attention import (USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, check_field_inputs,
-                        single_thread_blas)
+                        check_sources, check_targets, single_thread_blas)
 
 __all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax", "spectral_sphere_cost", "spectral_sphere_field"]
 
@@ -266,29 +266,6 @@ def _frame(loc: np.ndarray) -> tuple:
     return frame
 
 
-def check_sources(model: AttentionModel, sources, weights) -> tuple[np.ndarray, np.ndarray]:
-    """Contiguous ``(y (M, d), w (M,))`` of a (possibly partial) measure: shapes and
-    nonnegative weights checked; the total may be zero (one MPI rank's part)."""
-    d = model.d
-    y = np.ascontiguousarray(sources, dtype=float)
-    w = np.ascontiguousarray(weights, dtype=float)
-    if y.ndim != 2 or y.shape[1] != d:
-        raise ValueError(f"sources must have shape (M, {d}), got {y.shape}")
-    if w.shape != (y.shape[0],):
-        raise ValueError(f"weights must have shape ({y.shape[0]},), got {w.shape}")
-    if np.any(w < 0):
-        raise ValueError("weights must be nonnegative")
-    return y, w
-
-
-def check_targets(model: AttentionModel, targets) -> np.ndarray:
-    """Contiguous targets ``(N, d)``, shape checked."""
-    x = np.ascontiguousarray(targets, dtype=float)
-    if x.ndim != 2 or x.shape[1] != model.d:
-        raise ValueError(f"targets must have shape (N, {model.d}), got {x.shape}")
-    return x
-
-
 class SpectralSphereField:
     """Attention field on S^2 by spherical-harmonic transforms at arbitrary points.
 
@@ -398,7 +375,7 @@ class SpectralSphereField:
         into parts (MPI ranks) are the sum of the parts' coefficients (``Allreduce``). A part
         may carry no mass.
         """
-        y, w = check_sources(self.model, sources, weights)
+        y, w = check_sources(self.model, sources, weights, partial=True)
         keep = w > 0
         if not np.all(keep):
             y, w = y[keep], w[keep]

@@ -113,9 +113,9 @@ import time
 import numpy as np
 
 from .attention import (USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, check_field_inputs,
-                        single_thread_blas)
+                        check_sources, check_targets, single_thread_blas)
 from .spectral_sphere import (_ABSOLUTE_FLOOR, _MIN_TOLERANCE, _TAIL_FRACTION, _angles, _nufft_epsilon, _scaled_in,
-                              _tails, check_sources, check_targets, spectral_lmax)
+                              _tails, spectral_lmax)
 
 __all__ = ["AMORTIZED_CALLS", "GeneralSphereField", "MAX_COEFFICIENT_BYTES", "general_cost", "general_plan",
            "real_harmonics"]
@@ -619,7 +619,7 @@ class GeneralSphereField:
         A float64 array of shape :attr:`coefficient_shape`, linear in the weights (sum the
         parts' arrays over MPI ranks). ``sigma_1 = 0``: ``[W, sum_j w_j y_j]``.
         """
-        y, w = check_sources(self.model, sources, weights)
+        y, w = check_sources(self.model, sources, weights, partial=True)
         keep = w > 0
         if not np.all(keep):
             y, w = y[keep], w[keep]
