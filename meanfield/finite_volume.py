@@ -137,6 +137,7 @@ class FiniteVolume:
         self._normals = mesh.edge_normals[edges]
         self._weights = mesh.edge_weights[edges]
         self._areas = mesh.areas[owned]
+        self._owned_centers = mesh.centers[owned]  # the sources this rank sums (spectral)
         # Row of each stencil cell, local index of each edge and owned cell.
         row = np.full(n, -1, dtype=np.intp)
         row[stencil] = np.arange(stencil.size)
@@ -169,7 +170,7 @@ class FiniteVolume:
         if self.partition is None:
             x = self.field(self._targets, mesh.centers, masses)
         else:
-            x = self.partition.field(self.field, self._targets, mesh.centers, masses)
+            x = self.partition.field(self.field, self._targets, mesh.centers, masses, self._owned_centers)
         return np.einsum("eqd,eqd->eq", x.reshape(self._normals.shape), self._normals)
 
     def velocity_at_centers(self, rho: np.ndarray) -> np.ndarray:
@@ -178,7 +179,7 @@ class FiniteVolume:
         masses = self.masses(rho)
         if self.partition is None:
             return self.field(mesh.centers, mesh.centers, masses)
-        local = self.partition.field(self.field, mesh.centers[self._owned], mesh.centers, masses)
+        local = self.partition.field(self.field, self._owned_centers, mesh.centers, masses, self._owned_centers)
         return self.partition.gather(local)
 
     def rhs(self, rho: np.ndarray, un: np.ndarray | None = None):

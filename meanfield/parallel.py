@@ -129,14 +129,16 @@ class Distributor:
         self.comm.Abort(code)
 
 
-def split_evaluate(field, dist: Distributor, targets, sources, weights, part):
+def split_evaluate(field, dist: Distributor, targets, sources, weights, part, local_sources=None):
     """The field of the whole measure ``(sources, weights)`` at ``targets`` (this rank's
     targets). A backend with coefficients (spectral) sums only the sources ``part`` (this
-    rank's share) and the partial coefficients are added over the ranks; the direct backend
-    sums over all sources. An exception ends the whole job."""
+    rank's share; ``local_sources`` is ``sources[part]`` where the caller keeps it) and the
+    partial coefficients are added over the ranks; the direct backend sums over all
+    sources. An exception ends the whole job."""
     try:
         if hasattr(field, "coefficients"):
-            coeffs = dist.allreduce_sum(field.coefficients(np.asarray(sources)[part], np.asarray(weights)[part]))
+            own = np.asarray(sources)[part] if local_sources is None else local_sources
+            coeffs = dist.allreduce_sum(field.coefficients(own, np.asarray(weights)[part]))
             return field.evaluate(targets, coeffs, sources, weights)
         return field(targets, sources, weights)
     except Exception as exc:  # noqa: BLE001 -- end every rank, not just this one
@@ -172,9 +174,10 @@ class Partition:
         out[self._placement] = rows
         return out
 
-    def field(self, field, targets, sources, weights):
-        """The field of the whole cell measure at this rank's targets (see :func:`split_evaluate`)."""
-        return split_evaluate(field, self.dist, targets, sources, weights, self.cells)
+    def field(self, field, targets, sources, weights, local_sources=None):
+        """The field of the whole cell measure at this rank's targets (see :func:`split_evaluate`;
+        ``local_sources`` are the owned cells' centres)."""
+        return split_evaluate(field, self.dist, targets, sources, weights, self.cells, local_sources)
 
     def min(self, value: float) -> float:
         return float(self.dist.allreduce_min([value])[0])
