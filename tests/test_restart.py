@@ -7,7 +7,6 @@ leaving DIR as it was; invalid restarts exit 2 with one line, touching nothing.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import signal
 import subprocess
@@ -21,9 +20,8 @@ import pytest
 from meanfield.cli import main
 from meanfield.output import read_run
 
-BIN = Path(sys.executable).parent
-MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
-MEANFIELD = shutil.which("meanfield", path=str(BIN)) or shutil.which("meanfield")
+from _helpers import MEANFIELD, MPIEXEC, launch
+
 needs_mpi = pytest.mark.skipif(MPIEXEC is None or MEANFIELD is None,
                                reason="mpiexec or the meanfield script is missing")
 
@@ -364,16 +362,6 @@ def test_python_api_restart_into_another_directory(tmp_path):
 
 
 # -- under mpiexec -n 2 ----------------------------------------------------------------------------
-def launch(ranks, *args, timeout=120, wrap=False):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_"))}
-    cmd = [MEANFIELD, *map(str, args)]
-    if wrap:  # every rank reports its own exit status on stdout
-        cmd = ["sh", "-c", '"$0" "$@"; echo "rank exit $?"', *cmd]
-    if ranks > 1:
-        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
 @needs_mpi
 @pytest.mark.mpi
 @pytest.mark.parametrize("manifold", ["circle", "sphere"])

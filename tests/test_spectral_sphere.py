@@ -8,14 +8,11 @@ import pytest
 import meanfield as mf
 from meanfield.attention import DirectField, FieldOverflowError
 from meanfield.sphere import icosahedral
+
+from _helpers import point_sets, rel_err, sphere_points
 from meanfield.spectral_sphere import SpectralSphereField, _angles, spectral_cost, spectral_lmax
 
 TOL = 1e-12
-
-
-def sphere_points(rng, n):
-    p = rng.normal(size=(n, 3))
-    return p / np.linalg.norm(p, axis=1, keepdims=True)
 
 
 def model(beta, c=1.0, v=1.0, normalized=True):
@@ -25,17 +22,6 @@ def model(beta, c=1.0, v=1.0, normalized=True):
 @pytest.fixture(scope="module")
 def mesh3():
     return icosahedral(3)
-
-
-def point_sets(mesh):
-    rng = np.random.default_rng(11)
-    yield "random", sphere_points(rng, 300), sphere_points(rng, 200), rng.random(200)
-    # finite-volume use: every edge midpoint from all cell masses
-    yield "mesh", mesh.edge_points[:, 0, :], mesh.centers, rng.random(len(mesh.centers)) * mesh.areas
-
-
-def rel_err(got, ref):
-    return np.abs(got - ref).max() / np.abs(ref).max()
 
 
 # -- agreement with the direct sums ------------------------------------------------------

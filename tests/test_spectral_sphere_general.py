@@ -14,12 +14,9 @@ from meanfield.spectral_sphere_general import (MAX_COEFFICIENT_BYTES, GeneralSph
                                                general_cost, general_plan, real_harmonics)
 from meanfield.sphere import icosahedral
 
+from _helpers import point_sets, rel_err, sphere_points
+
 TOL = 1e-12
-
-
-def sphere_points(rng, n):
-    p = rng.normal(size=(n, 3))
-    return p / np.linalg.norm(p, axis=1, keepdims=True)
 
 
 def general_model(seed, beta, normalized=True, spread=0.4):
@@ -29,20 +26,9 @@ def general_model(seed, beta, normalized=True, spread=0.4):
     return mf.AttentionModel(d=3, beta=beta, Q=Q, K=K, V=V, normalized=normalized)
 
 
-def rel_err(got, ref):
-    return np.abs(got - ref).max() / np.abs(ref).max()
-
-
 @pytest.fixture(scope="module")
 def mesh3():
     return icosahedral(3)
-
-
-def point_sets(mesh):
-    rng = np.random.default_rng(11)
-    yield "random", sphere_points(rng, 300), sphere_points(rng, 200), rng.random(200)
-    # finite-volume use: every edge midpoint from all cell masses
-    yield "mesh", mesh.edge_points[:, 0, :], mesh.centers, rng.random(len(mesh.centers)) * mesh.areas
 
 
 _FIELDS = {}
