@@ -200,12 +200,14 @@ class AttentionField(Protocol):
     """What every backend of the nonlocal convolution provides.
 
     ``field(targets, sources, weights) -> X`` with ``targets (N, d)``, ``sources (M, d)``
-    unit vectors and ``weights (M,)`` nonnegative; returns the tangent field ``(N, d)``.
+    unit vectors and ``weights (M,)`` nonnegative; returns the tangent field ``(N, d)``, or
+    with ``project=False`` the attention average before the projection ``P_x``.
     """
 
     model: AttentionModel
 
-    def __call__(self, targets: np.ndarray, sources: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
+    def __call__(self, targets: np.ndarray, sources: np.ndarray, weights: np.ndarray,
+                 project: bool = True) -> np.ndarray: ...
 
 
 def check_targets(model: AttentionModel, targets) -> np.ndarray:
@@ -262,7 +264,10 @@ class DirectField:
         self.model = model
         self.block_elements = int(block_elements)
 
-    def __call__(self, targets, sources, weights):
+    def __call__(self, targets, sources, weights, project: bool = True):
+        """The field at ``targets``; with ``project=False`` the attention average itself,
+        ``sum_j w_j e^{logit} V y_j / Z`` before the tangential projection (the authors'
+        Euler scheme steps with it)."""
         model = self.model
         x, y, w = check_field_inputs(model, targets, sources, weights)
         out = np.empty_like(x)
@@ -280,8 +285,8 @@ class DirectField:
             for start in range(0, x.shape[0], block):
                 stop = min(start + block, x.shape[0])
                 out[start:stop] = self._block(x[start:stop], ky, w, wvy)
-        # Tangential projection P_x.
-        out -= np.einsum("ij,ij->i", out, x)[:, None] * x
+        if project:  # tangential projection P_x
+            out -= np.einsum("ij,ij->i", out, x)[:, None] * x
         return out
 
     def _block(self, xb, ky, w, wvy):

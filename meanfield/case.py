@@ -229,6 +229,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "Q": Key(matrix, None, "query matrix, d x d (default identity)."),
         "K": Key(matrix, None, "key matrix, d x d (default identity)."),
         "V": Key(matrix, None, "value matrix, d x d (default identity)."),
+        "shift": Key(boolean, False, "USA: use the shifted kernel `exp(beta (<Qx, Ky> - c))`, c = ||Q^T K||_2 (a "
+                     "constant rescaling of time by `exp(-beta c)`, the convention of the metastability paper's code); "
+                     "makes large beta computable. No effect on SA."),
     },
     "initial": {
         "kind": Key(choice("uniform", "modes", "vmf", "python", "points"), "uniform", "initial density kind."),
@@ -259,7 +262,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rate_cfl": Key(real(0.0, 1.0, lo_open=True), 0.1, "step bound dt <= rate_cfl / sigma_max, sigma_max the interaction rate."),
         "dt": Key(dt_value, "auto", "particles: fixed step, or `\"auto\"`."),
         "dt_max": Key(real(0.0, lo_open=True, allow_inf=True), math.inf, "cap on adaptive steps (inf: no cap)."),
-        "integrator": Key(choice("rk4", "euler"), "rk4", "particles: `\"rk4\"` or `\"euler\"` (+ renormalization)."),
+        "integrator": Key(choice("dopri5", "bs32", "rk4", "euler", "euler_tangent"), "dopri5",
+                          "particles: `\"dopri5\"` (Dormand--Prince 5(4), error controlled by `rtol`/`atol`), "
+                          "`\"bs32\"` (Bogacki--Shampine 3(2), error controlled), `\"rk4\"` (fixed or automatic "
+                          "step `dt`), `\"euler\"` (the authors' scheme: `x + dt A(x)` with the unprojected attention "
+                          "average, then renormalized) or `\"euler_tangent\"` (Euler with the projected field, then "
+                          "renormalized)."),
+        "rtol": Key(real(0.0, 1.0, lo_open=True), 1e-8, "particles, error-controlled integrators: relative tolerance "
+                    "per step (solve_ivp convention)."),
+        "atol": Key(real(0.0, 1.0, lo_open=True), 1e-10, "particles, error-controlled integrators: absolute "
+                    "tolerance per step (solve_ivp convention)."),
+        "max_steps": Key(integer(1), 1_000_000, "a run whose step count (done plus predicted from the current step) "
+                         "exceeds this stops: refused before it starts (exit 2) or ended with a reason (exit 1)."),
     },
     "output": {
         "every": Key(real(0.0, lo_open=True), None, "time between snapshots (default t_end / 20)."),
