@@ -22,11 +22,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SSPRK", "SSPRK3", "SSPRK43", "INTEGRATORS", "NonFiniteStateError", "StepRejected", "Stepper"]
+__all__ = ["SSPRK", "SSPRK3", "SSPRK43", "INTEGRATORS", "NonFiniteStateError", "RunHealthError", "StalledRunError",
+           "StepRejected", "Stepper"]
 
 
 class NonFiniteStateError(FloatingPointError):
     """A stage of a step produced a non-finite state."""
+
+
+class RunHealthError(FloatingPointError):
+    """The state violates an invariant of the solution (mass, positivity, finite energy or
+    speeds) beyond its stated bound: the run is not a valid solution any more. Every rank
+    holds the same state, so every rank finds it alike."""
+
+
+class StalledRunError(RuntimeError):
+    """The run cannot reach ``t_end`` in a reasonable number of steps (the step fell below
+    its floor or underflowed, or the predicted step count exceeds ``solver.max_steps``)."""
 
 
 class StepRejected(Exception):
