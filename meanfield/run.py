@@ -21,8 +21,9 @@ from .case import CaseError, dump_case
 from .initial import InitialDataError, density_function, project
 from .mesh import CircleMesh, Mesh
 from .output import RunWriter
+from .health import FloatingPointWatch, StepBudget, check_density, check_row
 from .solver import NonFiniteStateError, Simulation, State
-from .timestepping import INTEGRATORS
+from .timestepping import INTEGRATORS, RunHealthError, StalledRunError
 
 __all__ = ["build_mesh", "build_model", "build_simulation", "output_times", "run_case", "RunResult", "RunFailure",
            "check_same_case", "restart_paths"]
@@ -136,6 +137,23 @@ class PdeRun:
         self.sim, self.state, self.criterion = sim, state, criterion
         self.mesh = sim.mesh
         self.snapshots: list[tuple[float, np.ndarray]] = []
+        self.mass0 = float(state.rho @ sim.mesh.areas)
+
+    def check_health(self) -> None:
+        """After every step (:mod:`meanfield.health`): finite, nonnegative, mass kept."""
+        check_density(self.state.t, self.state.rho, self.mesh.areas, self.mass0)
+
+    def first_step(self) -> tuple[float, str]:
+        """``(dt, what sets it)`` of the step rule at the current state."""
+        bounds = self.sim.step_bounds(self.state.rho)
+        bound = min(bounds, key=bounds.get)
+        return float(bounds[bound]), bound
+
+    def stall_hint(self) -> str:
+        if not hasattr(self.sim, "fv"):
+            return "the pseudo-spectral scheme's step is bound by its grid: try solver.scheme = \"muscl\""
+        return ("once clusters collapse, the transport CFL bound of the cells around them sets the step: a coarser "
+                "mesh or a shorter solver.t_end helps; raise solver.max_steps to allow more steps")
 
     def describe(self) -> str:
         sim = self.sim
@@ -235,10 +253,12 @@ def restart_paths(out_dir, restart) -> tuple[Path, Path] | None:
     return source, Path(out_dir)
 
 
-def check_same_case(case: dict, stored: dict, source="<case>", where="the run") -> None:
+def check_same_case(case: dict, stored: dict, source="<case>", where="the run", t_end: bool = False,
+                    advice: str = "a restart may change solver.t_end only") -> None:
     """Raise :class:`CaseError` naming the first key (in case order) where the resolved
     ``case`` differs from ``stored`` (the ``case.toml`` of a run), ``solver.t_end`` excepted
-    (its change is checked against the output times by :func:`drive`)."""
+    unless ``t_end`` (for a restart its change is checked against the output times by
+    :func:`drive`); ``advice`` ends the message."""
     from .case import SCHEMA, _show
 
     given = dump_case(case)
@@ -249,12 +269,11 @@ def check_same_case(case: dict, stored: dict, source="<case>", where="the run") 
             raise CaseError(source, section, f"{where} has no table [{section}]")
         keys = list(SCHEMA.get(section, {})) + [k for k in a if k not in SCHEMA.get(section, {})]
         for key in keys:
-            if (section, key) == ("solver", "t_end") or a.get(key) == b.get(key):
+            if ((section, key) == ("solver", "t_end") and not t_end) or a.get(key) == b.get(key):
                 continue
             old = "not set" if key not in a else _show(a[key])
             new = "not set" if key not in b else _show(b[key])
-            raise CaseError(source, f"{section}.{key}", f"differs from {where} ({old} there, {new} here); a restart "
-                            "may change solver.t_end only")
+            raise CaseError(source, f"{section}.{key}", f"differs from {where} ({old} there, {new} here); {advice}")
 
 
 def _open_restart(run, case: dict, where: Path, times: list[float], source, vtk: bool):
@@ -294,8 +313,81 @@ def _open_restart(run, case: dict, where: Path, times: list[float], source, vtk:
     return saved
 
 
+class RunInterrupted(RunFailure):
+    """The run was stopped by SIGINT (Ctrl-C); ``t`` the time reached, ``kept`` the index
+    and time of the last complete snapshot (``None`` if none), ``out_dir`` the run's directory."""
+
+    def __init__(self, message: str, t: float, kept, out_dir):
+        super().__init__(message)
+        self.t, self.kept, self.out_dir = t, kept, out_dir
+
+
+def _check_out_dir(out_dir: Path, case: dict, overwrite: bool) -> None:
+    """A fresh run may replace the run of the same case in ``out_dir``; a different case's
+    run, or a non-empty directory that holds no run, needs ``overwrite``."""
+    import tomllib
+
+    if overwrite or not out_dir.is_dir():
+        return
+    try:
+        entries = [p.name for p in out_dir.iterdir()]
+    except OSError:
+        return  # prepare() reports what is wrong with it
+    if not entries:
+        return
+    stored_path = out_dir / "case.toml"
+    if not stored_path.is_file():
+        raise CaseError("--out", str(out_dir), f"is not empty ({len(entries)} entries, e.g. {sorted(entries)[0]!r}) "
+                        "and holds no meanfield run (case.toml); name a new or empty directory, or pass --overwrite "
+                        "to write into it anyway")
+    try:
+        stored = tomllib.loads(stored_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CaseError("--out", str(out_dir), f"holds an unreadable case.toml ({_one_line(exc)}); pass --overwrite "
+                        "to replace that run, or name another directory") from None
+    try:
+        check_same_case(case, stored, "--out", f"the run already in {out_dir}", t_end=True,
+                        advice="pass --overwrite to replace that run, or name another directory with --out")
+    except CaseError as exc:
+        raise CaseError("--out", str(out_dir), f"holds the run of a different case: {exc.key} {exc.reason}") from None
+
+
+def _refuse_hopeless(run, case: dict, source) -> None:
+    """Exit 2 before the run when the step at t = 0 predicts more than ``solver.max_steps``
+    steps to ``t_end`` (e.g. USA at a beta whose interaction rate makes the step underflow)."""
+    first = getattr(run, "first_step", None)
+    if first is None:
+        return
+    dt0, bound = first()
+    t_end, limit = case["solver"]["t_end"], case["solver"]["max_steps"]
+    need = t_end / dt0 if dt0 > 0 else math.inf
+    run.predicted_steps, run.first_dt, run.first_bound = need, dt0, bound
+    if need <= limit:
+        return
+    key, advice = STEP_BOUND_ADVICE.get(bound, ("solver.max_steps", "raise solver.max_steps"))
+    if bound == "rate" and case["model"]["kind"] == "USA" and not case["model"]["shift"]:
+        advice = ("USA's interaction rate grows like e^beta: use the shifted kernel (model.shift = true), "
+                  "a smaller beta, or model.kind = \"SA\"")
+    raise CaseError(source, key, f"the run would take about {need:.3g} steps to t_end = {t_end:g} (the step at "
+                    f"t = 0 is {dt0:.3g}, set by {STEP_BOUND_NAMES.get(bound, bound)}), more than solver.max_steps = "
+                    f"{limit}; {advice}")
+
+
+#: What sets the first step -> (the key to name, what to change).
+STEP_BOUND_ADVICE = {
+    "rate": ("model.beta", "a smaller beta (the step is rate_cfl over the interaction rate), or raise solver.max_steps"),
+    "cfl": ("solver.max_steps", "a coarser mesh (domain.cells, domain.mesh), a shorter solver.t_end, or raise "
+            "solver.max_steps"),
+    "dt_max": ("solver.dt_max", "a larger solver.dt_max, or raise solver.max_steps"),
+    "dt": ("solver.dt", "a larger solver.dt, or raise solver.max_steps"),
+    "error": ("solver.rtol", "a looser solver.rtol/solver.atol, or raise solver.max_steps"),
+}
+STEP_BOUND_NAMES = {"rate": "the interaction rate bound rate_cfl / sigma_max", "cfl": "the transport CFL bound",
+                    "dt_max": "solver.dt_max", "dt": "solver.dt", "error": "the error control"}
+
+
 def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>", label: str = "meanfield", dist=None,
-          restart: bool = False):
+          restart: bool = False, overwrite: bool = False):
     """The time loop shared by every kind of run: snapshots at the output times, the
     progress bar, the output files, and on failure ``last_good.npz`` and :class:`RunFailure`.
 
@@ -322,6 +414,8 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
         restart_from, out_dir = paths
         restart = True
     copying = paths is not None and paths[0] != paths[1]  # else continued in place
+    if not restart:
+        _refuse_hopeless(run, case, source)  # the same on every rank (replicated state)
     writer = RunWriter(out_dir) if out_dir is not None and root else None
     vtk_on = run.mesh.manifold == "sphere"
     problem = None
@@ -333,6 +427,8 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
         try:
             if restart:
                 saved = _open_restart(run, case, restart_from, times, source, vtk_on)  # reads only
+            if not restart or copying:
+                _check_out_dir(Path(out_dir), case, overwrite)
             writer.prepare(fresh=not restart or copying)  # into another directory: as a fresh run
             if saved is not None and not copying:
                 writer.resume(saved)  # the products after snapshot k go
@@ -390,39 +486,62 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
             bar.n = run.state.t
             bar.update(0)
 
+    budget = StepBudget(times[-1], case["solver"]["max_steps"], hint=getattr(run, "stall_hint", lambda: "")())
+    watch = FloatingPointWatch()
+
     def on_step(st, dt):
+        watch.check(st.t)
+        run.check_health()
+        budget.update(st, dt)
         if bar is not None:
             bar.n = st.t
             bar.set_postfix_str(f"step {st.steps}, dt={dt:.2e}", refresh=False)
             bar.update(0)
 
+    kept = [None]  # (index, t) of the last complete snapshot
+
     def snapshot(index):
         arrays, row = run.snapshot()
+        watch.check(row["t"])
+        check_row(row)
         rows.append(row)
         if writer is not None:
             writer.write_snapshot(index, arrays, row)
             if vtk is not None:
                 vtk.write(index, row["t"], run.polydata(arrays))
+        kept[0] = (index, row["t"])
         return arrays
 
     wall = time.perf_counter()
     last_good = run.checkpoint()
     arrays = saved.arrays if saved is not None else None
+    if saved is not None:
+        kept[0] = (first - 1, float(saved.arrays["t"]))
     try:
-        if not restart:
-            arrays = snapshot(0)
-            first = 1
-        for index in range(first, len(times)):
-            run.advance(times[index], on_step)
-            last_good = run.checkpoint()
-            arrays = snapshot(index)
-    except Exception as exc:
-        # NonFiniteStateError and FieldOverflowError are the expected failures; anything
-        # else raised while stepping (e.g. the field refusing a non-finite intermediate
-        # stage) is a failure of the run too, with the last good state saved all the same.
+        with watch:
+            if not restart:
+                arrays = snapshot(0)
+                first = 1
+            for index in range(first, len(times)):
+                run.advance(times[index], on_step)
+                arrays = snapshot(index)
+                last_good = run.checkpoint()
+    except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        reason = str(exc) if isinstance(exc, (NonFiniteStateError, FieldOverflowError)) else f"{type(exc).__name__}: {exc}"
+        where = "no snapshot was completed" if kept[0] is None else \
+            f"snapshot {kept[0][0]} (t = {kept[0][1]:.6g}) is the last one kept"
+        raise RunInterrupted(f"interrupted at t = {run.state.t:.6g}; {where}", run.state.t, kept[0],
+                             out_dir) from None
+    except Exception as exc:
+        # NonFiniteStateError, RunHealthError, StalledRunError and FieldOverflowError are the
+        # expected failures; anything else raised while stepping (e.g. the field refusing a
+        # non-finite intermediate stage) is a failure of the run too, with the last good
+        # state saved all the same.
+        if bar is not None:
+            bar.close()
+        expected = (NonFiniteStateError, FieldOverflowError, RunHealthError, StalledRunError)
+        reason = str(exc) if isinstance(exc, expected) else f"{type(exc).__name__}: {exc}"
         where = ""
         if writer is not None:
             t_good = float(last_good["t"])
@@ -436,8 +555,10 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
         bar.close()
     if writer is not None:
         writer.write_npz("final.npz", arrays)
-    log.info("done: t=%g in %s, %.2f s; mass %.16g, min density %.3e, %d clusters", run.state.t, run.summary(),
-             time.perf_counter() - wall, rows[-1]["mass"], rows[-1]["min_density"], rows[-1]["n_clusters"])
+    n_clusters = rows[-1]["n_clusters"]
+    log.info("done: t=%g in %s, %.2f s; mass %.16g, min density %.3e, %d cluster%s", run.state.t, run.summary(),
+             time.perf_counter() - wall, rows[-1]["mass"], rows[-1]["min_density"], n_clusters,
+             "" if n_clusters == 1 else "s")
     return rows
 
 

@@ -143,6 +143,13 @@ class Simulation(Stepper):
         self.rate = model.rate_bound(max_mode=mesh.max_degree)
         self.rejected = 0
 
+    def step_bounds(self, rho: np.ndarray) -> dict:
+        """The bounds of the next step from ``rho`` (one field evaluation): ``{"cfl": ...,
+        "rate": ..., "dt_max": ...}``; the step is their minimum (before landing on output times)."""
+        un = self.fv.rhs(rho)[1]
+        return {"cfl": self.cfl * self.integrator.ssp_coefficient * self.fv.cfl_dt(un),
+                "rate": self.rate_cfl / self.rate, "dt_max": self.dt_max}
+
     def step(self, state: State, t_limit: float = math.inf) -> float:
         """Advance ``state`` in place by one adaptive step not passing ``t_limit``; returns dt."""
         stage0 = self.fv.rhs(state.rho)

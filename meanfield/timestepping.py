@@ -33,7 +33,12 @@ class NonFiniteStateError(FloatingPointError):
 class RunHealthError(FloatingPointError):
     """The state violates an invariant of the solution (mass, positivity, finite energy or
     speeds) beyond its stated bound: the run is not a valid solution any more. Every rank
-    holds the same state, so every rank finds it alike."""
+    holds the same state, so every rank finds it alike (``replicated``), unless the check
+    concerns one rank's own share of a computation (``replicated=False``)."""
+
+    def __init__(self, message: str, replicated: bool = True):
+        super().__init__(message)
+        self.replicated = replicated
 
 
 class StalledRunError(RuntimeError):
