@@ -31,6 +31,7 @@ from .distances import bin_particles, distance
 from .initial import InitialDataError
 from .output import atomic_write
 from .particles import ParticleState, ParticleSystem
+from .timestepping import RunHealthError
 from .run import build_mesh, build_model, drive, restart_paths, run_case
 from .sampling import sample
 from .solver import make_field
@@ -161,6 +162,33 @@ class ParticleRun:
 
     def summary(self) -> str:
         return f"{self.state.steps} steps"
+
+    def check_health(self) -> None:
+        """After every step (:mod:`meanfield.health`): finite positions on the sphere."""
+        x = self.state.x
+        if not np.all(np.isfinite(x)):
+            bad = int(np.flatnonzero(~np.all(np.isfinite(x), axis=1))[0])
+            raise RunHealthError(f"t={self.state.t:.6g}: the position of particle {bad} became non-finite")
+        r = np.einsum("ij,ij->i", x, x)
+        worst = int(np.argmax(np.abs(r - 1.0)))
+        if abs(r[worst] - 1.0) > 1e-10:
+            raise RunHealthError(f"t={self.state.t:.6g}: particle {worst} left the sphere (|x|^2 = {r[worst]!r})")
+
+    def first_step(self) -> tuple[float, str]:
+        """``(dt, what sets it)`` of the step rule at the current state."""
+        system = self.system
+        proposed = getattr(system, "proposed_step", None)
+        if proposed is not None:
+            return proposed(self.state)
+        if system.dt != "auto":
+            return min(float(system.dt), system.dt_max), ("dt" if system.dt <= system.dt_max else "dt_max")
+        v = system.velocity(self.state)
+        dt = system.auto_dt(v)
+        return (min(dt, system.dt_max), "dt_max" if system.dt_max < dt else "rate")
+
+    def stall_hint(self) -> str:
+        return ("the particle step follows the fastest contraction (a collapsing cluster under USA): a smaller beta, "
+                "the shifted kernel (model.shift = true) or SA helps; raise solver.max_steps to allow more steps")
 
 
 def _criterion(case):
