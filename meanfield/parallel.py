@@ -122,6 +122,18 @@ class Distributor:
     def bcast(self, value):
         return self.comm.bcast(value, root=0)
 
+    def agree(self, error):
+        """Every rank passes its error (``None`` if it has none) at the same point of the
+        program; returns ``(rank, error)`` of the lowest rank that has one, or ``None``, the
+        same on every rank. Lets an error found by one rank only (a user's initial function
+        that raises there) end every rank alike, instead of leaving the others waiting in
+        the next collective."""
+        errors = self.comm.allgather(error)
+        for rank, err in enumerate(errors):
+            if err is not None:
+                return rank, err
+        return None
+
     def abort(self, message: str, code: int = 1) -> None:
         """End the whole job now (no rank left waiting in a collective)."""
         sys.stderr.write(message.rstrip("\n") + "\n")
