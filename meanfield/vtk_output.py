@@ -3,8 +3,10 @@
 ``DIR/vtk/NNNNN.vtp`` holds the mesh (triangles on the sphere) with cell data ``density``,
 ``masses``, ``areas`` and the vector ``velocity``; ``DIR/solution.pvd`` lists them with
 their times, so ParaView opens the whole run as one time series. Files are written
-atomically (temporary file, then rename); the index is rewritten after every snapshot, so
-a killed run leaves a valid series of the snapshots written so far. A restarted run
+atomically (temporary file, then rename) with the permissions of a plainly created file
+(``0o666`` less the umask, as :func:`~meanfield.output.atomic_write` gives them); the
+index is rewritten after every snapshot, so a killed run leaves a valid series of the
+snapshots written so far. A restarted run
 continues the series with :meth:`VtkSeries.resume` (in its own directory) or
 :meth:`VtkSeries.copy` (into another one).
 """
@@ -18,7 +20,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from .output import atomic_write, read_saved
+from .output import _umask, atomic_write, read_saved
 
 __all__ = ["VtkSeries", "surface_polydata"]
 
@@ -53,6 +55,9 @@ class VtkSeries:
         os.close(fd)
         try:
             poly.save(tmp, binary=True)
+            # mkstemp creates 0o600; give the file a plainly created one's mode, as
+            # atomic_write does for every other output (a shared series must be readable)
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
