@@ -5,8 +5,12 @@
     meanfield compare CASE.toml --particles N1,N2,... [--seeds S] [--metric NAME] [--set ...] [--out DIR]
 
 
-Exit status: 0 success; 2 invalid input (one line on stderr naming the file, the key and
-the reason, no traceback); 1 failure during the run (after saving the last good state).
+Exit status: 0 success (the result passed every run-health check, :mod:`meanfield.health`);
+2 invalid input (one line on stderr naming the file, the key and the reason, no traceback),
+including a run refused before it starts (too many steps predicted, too much memory, an
+output directory holding another case's run without ``--overwrite``); 1 failure during the
+run (one line with the reason, after saving the last good state); 130 interrupted (Ctrl-C:
+one line naming the last snapshot kept and the ``--restart`` command that continues it).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -43,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a case entry, e.g. --set model.beta=4 (repeatable)")
         q.add_argument("--out", help="output directory (default: runs/<case name>)")
         q.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+        q.add_argument("--overwrite", action="store_true",
+                       help="replace the run of a different case in --out (or write into a non-empty directory that "
+                            "holds no run); without it such a directory is refused (the same case is replaced)")
     for q in (r, pa):
         q.add_argument("--restart", metavar="DIR",
                        help="continue the stopped run in DIR from its last complete snapshot, writing into DIR "
@@ -115,26 +123,55 @@ def _error(kind: str, exc: Exception, case_path: str, set_keys: set) -> None:
     sys.stderr.write(f"meanfield: {kind}: {_one_line(exc)}\n")
 
 
+def _restart_command(args, out) -> str:
+    """The command that continues an interrupted run (the resolved case.toml in its directory
+    repeats every --set and flag)."""
+    import shlex
+
+    out = Path(out)
+    prefix = "mpiexec -n N " if _launched() else ""
+    return f"{prefix}meanfield {args.command} {shlex.quote(str(out / 'case.toml'))} --restart {shlex.quote(str(out))}"
+
+
+def _launched() -> bool:
+    from .parallel import launched_under_mpi
+
+    return launched_under_mpi()
+
+
+def _mpi_excepthook(dist):
+    """``sys.excepthook`` under MPI: an exception that escapes on any rank ends the whole
+    job (mpi4py's own pattern: print, then ``Abort``), instead of leaving the other ranks
+    waiting in a collective."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        dist.abort(f"meanfield: uncaught {kind.__name__} on rank {dist.rank}: {_one_line(value)}", 1)
+
+    return hook
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from .case import CaseError, load_case, parse_override
-    from .run import RunFailure, run_case
-    from .timestepping import NonFiniteStateError
+    from .run import RunFailure, RunInterrupted, agreed, run_case
 
     dist = None
-    from .parallel import launched_under_mpi
-
-    if launched_under_mpi():
+    if _launched():
         from .parallel import Distributor
 
         dist = Distributor()
+        sys.excepthook = _mpi_excepthook(dist)
     _setup_logging(args.quiet or (dist is not None and not dist.root))
     flag_items = _flag_overrides(args)
     set_keys: set = {key for key in FLAG_KEYS.values() if any(item.startswith(key + "=") for item in flag_items)}
+    out = None
     with warnings.catch_warnings():
         warnings.showwarning = _log_warning
         try:
-            case = load_case(args.case, list(args.overrides) + flag_items)
+            # a user's module imported by the case may fail on one rank only: agree first
+            case = agreed(dist, load_case, args.case, list(args.overrides) + flag_items)
             set_keys |= {parse_override(item)[0] for item in args.overrides}
             restart = getattr(args, "restart", None)
             if restart is not None:
@@ -145,26 +182,47 @@ def main(argv=None) -> int:
                 out = Path(args.out) if args.out else Path("runs") / Path(args.case).stem
             progress = not args.quiet and sys.stderr.isatty()
             source = str(Path(args.case))
+            common = dict(out_dir=out, progress=progress, source=source, dist=dist, overwrite=args.overwrite)
             if args.command == "run":
-                run_case(case, out_dir=out, progress=progress, source=source, dist=dist, restart=restart)
+                run_case(case, restart=restart, **common)
             elif args.command == "particles":
                 from .particle_run import run_particles
 
-                run_particles(case, out_dir=out, progress=progress, source=source, dist=dist,
-                              restart=restart)
+                run_particles(case, restart=restart, **common)
             else:
                 from .particle_run import run_compare
 
-                run_compare(case, out_dir=out, progress=progress, source=source, dist=dist)
-        except CaseError as exc:  # detected identically on every rank: rank 0 says it once
+                run_compare(case, **common)
+        except CaseError as exc:  # agreed on every rank: rank 0 says it once
             if dist is None or dist.root:
                 _error("error", exc, args.case, set_keys)
             return 2
+        except RunInterrupted as exc:
+            if dist is None or dist.root:
+                line = f"meanfield: {exc}"
+                if exc.kept is not None and exc.out_dir is not None:
+                    line += f"; continue with: {_restart_command(args, exc.out_dir)}"
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+            if dist is not None and dist.size > 1:
+                if not dist.root:
+                    time.sleep(0.5)  # let rank 0 say it
+                dist.abort("", 130)
+            return 130
+        except KeyboardInterrupt:  # before the time loop: nothing was run
+            if dist is None or dist.root:
+                sys.stderr.write("meanfield: interrupted before the run started; nothing to continue\n")
+            if dist is not None and dist.size > 1:
+                if not dist.root:
+                    time.sleep(0.5)
+                dist.abort("", 130)
+            return 130
         except RunFailure as exc:
-            # A non-finite state is found by every rank alike (they hold the same state):
-            # rank 0 reports it and every rank returns. Any other failure may be this rank's
-            # alone while the others wait in a collective: end the whole job now.
-            if dist is None or dist.size == 1 or isinstance(exc.__cause__, NonFiniteStateError):
+            # A failure found from replicated state (non-finite or unhealthy state, a stalled
+            # run, an error agreed on) is found by every rank alike: rank 0 reports it and
+            # every rank returns. Any other failure may be this rank's alone while the others
+            # wait in a collective: end the whole job now.
+            if dist is None or dist.size == 1 or exc.replicated:
                 if dist is None or dist.root:
                     _error("run failed", exc, args.case, set_keys)
                 return 1

@@ -136,23 +136,28 @@ class Distributor:
 
     def abort(self, message: str, code: int = 1) -> None:
         """End the whole job now (no rank left waiting in a collective)."""
-        sys.stderr.write(message.rstrip("\n") + "\n")
-        sys.stderr.flush()
+        if message:
+            sys.stderr.write(message.rstrip("\n") + "\n")
+            sys.stderr.flush()
         self.comm.Abort(code)
 
 
-def split_evaluate(field, dist: Distributor, targets, sources, weights, part, local_sources=None):
+def split_evaluate(field, dist: Distributor, targets, sources, weights, part, local_sources=None,
+                   project: bool = True):
     """The field of the whole measure ``(sources, weights)`` at ``targets`` (this rank's
     targets). A backend with coefficients (spectral) sums only the sources ``part`` (this
     rank's share; ``local_sources`` is ``sources[part]`` where the caller keeps it) and the
     partial coefficients are added over the ranks; the direct backend sums over all
-    sources. An exception ends the whole job."""
+    sources. ``project=False`` asks the backend for the attention average before the
+    tangential projection (passed on only then, so backends without the keyword still
+    work for the field itself). An exception ends the whole job."""
+    kw = {} if project else {"project": False}
     try:
         if hasattr(field, "coefficients"):
             own = np.asarray(sources)[part] if local_sources is None else local_sources
             coeffs = dist.allreduce_sum(field.coefficients(own, np.asarray(weights)[part]))
-            return field.evaluate(targets, coeffs, sources, weights)
-        return field(targets, sources, weights)
+            return field.evaluate(targets, coeffs, sources, weights, **kw)
+        return field(targets, sources, weights, **kw)
     except Exception as exc:  # noqa: BLE001 -- end every rank, not just this one
         dist.abort(f"meanfield: run failed on rank {dist.rank}: {type(exc).__name__}: {exc}")
         raise
@@ -210,8 +215,9 @@ class DistributedField:
         self.dist = dist
         self.name = f"{field.name} on {dist.size} MPI ranks"
 
-    def __call__(self, targets, sources, weights):
+    def __call__(self, targets, sources, weights, project: bool = True):
+        """The field at ``targets``; ``project=False``: the attention average before ``P_x``."""
         n = len(targets)
         local = split_evaluate(self.field, self.dist, np.asarray(targets)[self.dist.share(n)], sources, weights,
-                               self.dist.share(len(weights)))
+                               self.dist.share(len(weights)), project=project)
         return self.dist.allgather_rows(local, n)

@@ -32,7 +32,7 @@ from .initial import InitialDataError
 from .output import atomic_write
 from .particles import ParticleState, ParticleSystem
 from .timestepping import RunHealthError
-from .run import build_mesh, build_model, drive, restart_paths, run_case
+from .run import agreed, build_mesh, build_model, drive, restart_paths, run_case
 from .sampling import sample
 from .solver import make_field
 
@@ -196,7 +196,8 @@ def _criterion(case):
 
 
 def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | None = None, progress: bool = False,
-                  source="<case>", label: str = "meanfield particles", dist=None, restart=False) -> ParticleRun:
+                  source="<case>", label: str = "meanfield particles", dist=None, restart=False,
+                  overwrite: bool = False) -> ParticleRun:
     """Run the particle system of a resolved case (``--n``, ``--seed`` override ``[particles]``).
 
     ``restart`` continues a stopped run as in :func:`meanfield.run.run_case` (``True``: the
@@ -210,10 +211,10 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     chosen = dict(case["particles"])
     chosen.update({k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
     case = {**case, "particles": chosen}  # the resolved case.toml repeats this run
-    mesh, system, state = build_particles(case, source=source, dist=dist)
+    mesh, system, state = agreed(dist, build_particles, case, source=source, dist=dist)
     run = ParticleRun(mesh, system, state, _criterion(case))
     run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist,
-                     restart=paths[0] if paths is not None else False)
+                     restart=paths[0] if paths is not None else False, overwrite=overwrite)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from . import plots
 
@@ -233,7 +234,7 @@ def fit_exponent(ns, values) -> float:
 
 
 def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = None, progress: bool = False,
-                source="<case>", dist=None):
+                source="<case>", dist=None, overwrite: bool = False):
     """Run the PDE once and the particles for each ``n`` and seed; write ``compare.csv``.
 
     Returns the rows ``{"t", "n", "seed", "metric", "distance"}``.
@@ -247,7 +248,7 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
         raise CaseError(source, "initial.kind", "compare samples n particles from a density; \"points\" gives fixed points")
     case = {**case, "compare": {"particles": ns, "seeds": seeds, "metric": metric}}
     out = Path(out_dir)
-    pde = run_case(case, out_dir=out / "pde", progress=progress, source=source, dist=dist)
+    pde = run_case(case, out_dir=out / "pde", progress=progress, source=source, dist=dist, overwrite=overwrite)
     mesh = build_mesh(case, source)
     masses = {round(t, 12): rho * mesh.areas for t, rho in pde.snapshots}
     rows = []

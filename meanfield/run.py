@@ -32,7 +32,37 @@ log = logging.getLogger("meanfield")
 
 
 class RunFailure(RuntimeError):
-    """The run failed after it started; the last good state was saved."""
+    """The run failed after it started; the last good state was saved. ``replicated``: the
+    failure was found from state that every MPI rank holds alike (so every rank fails at
+    the same point and may return normally); otherwise it may be one rank's alone."""
+
+    def __init__(self, message: str, replicated: bool = False):
+        super().__init__(message)
+        self.replicated = replicated
+
+
+def agreed(distributor, build, *args, **kwargs):
+    """``build(*args, **kwargs)`` on every rank; under MPI an error on any rank (invalid
+    input as :class:`CaseError`, anything else as :class:`RunFailure`) is raised on every
+    rank alike (:meth:`~meanfield.parallel.Distributor.agree`), so no rank is left waiting
+    for one that gave up. Serial: just the call."""
+    dist = distributor
+    if dist is None or dist.size == 1:
+        return build(*args, **kwargs)
+    error, result = None, None
+    try:
+        result = build(*args, **kwargs)
+    except CaseError as exc:
+        error = ("case", exc.source, exc.key, exc.reason)
+    except Exception as exc:  # noqa: BLE001 -- told to every rank below
+        error = ("error", f"{type(exc).__name__}: {_one_line(exc)}")
+    got = dist.agree(error)
+    if got is None:
+        return result
+    rank, err = got
+    if err[0] == "case":
+        raise CaseError(err[1], err[2], err[3] + (f" (found on rank {rank})" if rank else ""))
+    raise RunFailure(f"setting up the run failed on rank {rank}: {err[1]}", replicated=True)
 
 
 @dataclass
@@ -56,14 +86,18 @@ def build_mesh(case: dict, source="<case>") -> Mesh:
 
 
 def build_model(case: dict, d: int, source="<case>") -> AttentionModel:
-    """The attention model of a case; USA that must overflow is invalid input."""
+    """The attention model of a case; USA that must overflow is invalid input (shifted USA,
+    ``model.shift = true``, never overflows)."""
     m = case["model"]
-    model = AttentionModel(d=d, beta=m["beta"], Q=m["Q"], K=m["K"], V=m["V"], normalized=m["kind"] == "SA")
-    if not model.normalized:
+    model = AttentionModel(d=d, beta=m["beta"], Q=m["Q"], K=m["K"], V=m["V"], normalized=m["kind"] == "SA",
+                           shift=m.get("shift", False))
+    if not model.normalized and not model.shift:
         top = float(np.linalg.norm(model.interaction, 2))
         if top > USA_LOGIT_LIMIT:
             raise CaseError(source, "model.beta", f"USA attention overflows double precision when beta ||Q^T K||_2 > "
-                            f"{USA_LOGIT_LIMIT:.1f} (here {top:.4g}); use model.kind = \"SA\" or a smaller beta")
+                            f"{USA_LOGIT_LIMIT:.1f} (here {top:.4g}); use model.shift = true (the shifted kernel "
+                            f"exp(beta (<Qx, Ky> - ||Q^T K||_2)), a rescaling of time), model.kind = \"SA\" "
+                            f"or a smaller beta")
     return model
 
 
@@ -358,7 +392,13 @@ def _refuse_hopeless(run, case: dict, source) -> None:
     first = getattr(run, "first_step", None)
     if first is None:
         return
-    dt0, bound = first()
+    try:
+        with np.errstate(all="ignore"):
+            dt0, bound = first()
+    except Exception:  # noqa: BLE001 -- the first step fails the same way, inside the run (exit 1)
+        return
+    if not math.isfinite(dt0):
+        return
     t_end, limit = case["solver"]["t_end"], case["solver"]["max_steps"]
     need = t_end / dt0 if dt0 > 0 else math.inf
     run.predicted_steps, run.first_dt, run.first_bound = need, dt0, bound
@@ -550,7 +590,9 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
                 where = f"; last good state (t={t_good:.6g}) saved to {path}"
             except OSError as write_exc:
                 where = f"; could not save the last good state (t={t_good:.6g}): {write_exc}"
-        raise RunFailure(f"{reason}{where}") from exc
+        replicated = isinstance(exc, (NonFiniteStateError, StalledRunError)) or \
+            (isinstance(exc, RunHealthError) and exc.replicated)
+        raise RunFailure(f"{reason}{where}", replicated=replicated) from exc
     if bar is not None:
         bar.close()
     if writer is not None:
@@ -567,7 +609,7 @@ def _one_line(text) -> str:
 
 
 def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", dist=None,
-             restart=False) -> RunResult:
+             restart=False, overwrite: bool = False) -> RunResult:
     """Run a resolved case. Writes outputs to ``out_dir`` when given (else nothing).
 
     ``restart``: ``True`` continues the stopped (or finished, to extend ``solver.t_end``)
@@ -577,17 +619,21 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
     must be the one in its ``case.toml`` but for ``solver.t_end``. The result is bitwise
     that of an uninterrupted run on the same number of ranks (docs/outputs.md, "Restart").
 
+    A fresh run replaces the run of the same case in ``out_dir``; a directory that holds
+    another case's run (or is not empty and holds no run) is refused unless ``overwrite``.
+
     Raises :class:`CaseError` for invalid input (before anything runs) and
     :class:`RunFailure` for a failure during the run, after saving the last good state
-    to ``last_good.npz``.
+    to ``last_good.npz`` (:class:`RunInterrupted` for Ctrl-C).
     """
     paths = restart_paths(out_dir, restart)
     if paths is not None:
         out_dir = paths[1]
-    sim, state = build_simulation(case, source, dist)
+    sim, state = agreed(dist, build_simulation, case, source, dist)
     criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
     run = PdeRun(sim, state, criterion)
-    rows = drive(run, case, out_dir, progress, source, dist=dist, restart=paths[0] if paths is not None else False)
+    rows = drive(run, case, out_dir, progress, source, dist=dist, restart=paths[0] if paths is not None else False,
+                 overwrite=overwrite)
     result = RunResult(state=state, rows=rows, out_dir=Path(out_dir) if out_dir is not None else None,
                        snapshots=run.snapshots)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):

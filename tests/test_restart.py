@@ -302,7 +302,13 @@ def test_restart_into_another_directory_leaves_dir_unchanged(capsys, tmp_path):
     (other / "last_good.npz").write_bytes(b"old")
     (other / "notes.txt").write_text("theirs")
     before = fingerprint(part)
+    # OTHER holds another case's run (t_end 1.5): refused without --overwrite, nothing touched
+    other_before = fingerprint(other)
     rc, out, err = cli(capsys, "run", case, "--restart", part, "--out", other)
+    assert rc == 2
+    one_line(err, "--out", "different case", "solver.t_end", "--overwrite")
+    assert fingerprint(other) == other_before
+    rc, out, err = cli(capsys, "run", case, "--restart", part, "--out", other, "--overwrite")
     assert rc == 0, err
     assert f"continuing the run in {part} from t = 0.5 (snapshot 4 of 8" in out
     assert f"writing into {other}" in out
