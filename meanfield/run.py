@@ -512,6 +512,10 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     progress = progress and root
     log.info("%s: %s; t_end=%g, %d snapshots%s", label, run.describe(), times[-1], len(times),
              f" -> {out_dir}" if out_dir is not None else "")
+    if getattr(run, "first_dt", None) is not None:
+        log.info("steps: %s to t_end at the step of t = 0 (%.3g, set by %s; more once clusters collapse); "
+                 "limit solver.max_steps = %d", f"{run.predicted_steps:,.0f}", run.first_dt,
+                 STEP_BOUND_NAMES.get(run.first_bound, run.first_bound), case["solver"]["max_steps"])
     if restart:
         log.info("restart: continuing the run in %s from t = %r (snapshot %d of %d, step %d)%s", restart_from,
                  run.state.t, first - 1, len(times) - 1, run.state.steps,
