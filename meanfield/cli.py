@@ -125,13 +125,13 @@ def _error(kind: str, exc: Exception, case_path: str, set_keys: set) -> None:
     sys.stderr.write(f"meanfield: {kind}: {_one_line(exc)}\n")
 
 
-def _restart_command(args, out) -> str:
+def _restart_command(args, out, dist=None) -> str:
     """The command that continues an interrupted run (the resolved case.toml in its directory
     repeats every --set and flag)."""
     import shlex
 
     out = Path(out)
-    prefix = "mpiexec -n N " if _launched() else ""
+    prefix = f"mpiexec -n {dist.size} " if dist is not None and dist.size > 1 else ""
     return f"{prefix}meanfield {args.command} {shlex.quote(str(out / 'case.toml'))} --restart {shlex.quote(str(out))}"
 
 
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
             if dist is None or dist.root:
                 line = f"meanfield: {exc}"
                 if exc.kept is not None and exc.out_dir is not None:
-                    line += f"; continue with: {_restart_command(args, exc.out_dir)}"
+                    line += f"; continue with: {_restart_command(args, exc.out_dir, dist)}"
                 sys.stderr.write(line + "\n")
                 sys.stderr.flush()
             if dist is not None and dist.size > 1:
