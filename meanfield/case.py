@@ -291,7 +291,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "diagnostics": {
         "cluster_contrast": Key(real(1.0, lo_open=True), 2.0, "a cluster is a connected region where rho exceeds contrast times the uniform density."),
-        "cluster_mass": Key(real(0.0, 1.0), 0.01, "smallest mass of a cluster."),
+        "cluster_mass": Key(real(0.0, 1.0), 0.01, "smallest mass of a cluster (PDE and particles; 0: particles count "
+                            "every group, as the authors' Gram-rank count does)."),
+        "cluster_distance": Key(real(0.0, math.pi, lo_open=True), math.acos(0.999), "particles: a cluster is a group "
+                                "of tokens of angular diameter at most this (radians; default arccos(0.999) = 0.0447, "
+                                "the authors' threshold <x_i, x_j> >= 0.999), see docs/particles.md."),
     },
 }
 

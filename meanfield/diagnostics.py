@@ -6,19 +6,29 @@ on which ``rho > contrast * rho_u`` (``diagnostics.cluster_contrast``, default 2
 mass is at least ``diagnostics.cluster_mass`` (default 0.01). A small perturbation of the
 uniform density therefore has no cluster; a density concentrated near k well separated
 points has k. The centre of a cluster is its normalized mass-weighted mean position.
+
+Particle clusters (:func:`find_particle_clusters`) are counted from the tokens themselves,
+not from a histogram: the tokens are split into groups of angular diameter at most
+``delta = diagnostics.cluster_distance`` (default ``arccos(0.999)``, the threshold of the
+authors' count ``rank(<x_i, x_j> >= 0.999)``) by a greedy complete-linkage cover
+(:func:`particle_groups`), and a group of mass at least ``diagnostics.cluster_mass`` is a
+cluster. See docs/particles.md ("Particle clusters") for why this linkage and not single
+linkage.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from .attention import AttentionModel, energy
 
-__all__ = ["ClusterCriterion", "find_clusters", "compute"]
+__all__ = ["ClusterCriterion", "find_clusters", "find_particle_clusters", "particle_groups", "compute"]
 
 COLUMNS = (
     "t",
@@ -33,10 +43,19 @@ COLUMNS = (
 )
 
 
+#: Default ``diagnostics.cluster_distance`` (radians): arccos(0.999) = 0.0447, the angle of
+#: the threshold <x_i, x_j> >= 0.999 of the authors' cluster count.
+CLUSTER_DISTANCE = math.acos(0.999)
+
+
 @dataclass(frozen=True)
 class ClusterCriterion:
+    """``contrast`` and ``mass``: clusters of a density (:func:`find_clusters`); ``distance``
+    (an angle) and ``mass``: clusters of particles (:func:`find_particle_clusters`)."""
+
     contrast: float = 2.0
     mass: float = 0.01
+    distance: float = CLUSTER_DISTANCE
 
 
 def find_clusters(mesh, rho: np.ndarray, criterion: ClusterCriterion = ClusterCriterion()):
@@ -59,6 +78,100 @@ def find_clusters(mesh, rho: np.ndarray, criterion: ClusterCriterion = ClusterCr
     centers = np.stack([np.bincount(labels, m * mesh.centers[idx, j], minlength=n) for j in range(mesh.d)], axis=1)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     order = np.argsort(-masses)
+    order = order[masses[order] >= criterion.mass]
+    return masses[order], centers[order]
+
+
+def particle_groups(x: np.ndarray, distance: float) -> np.ndarray:
+    """Group labels ``(n,)`` (0, 1, ...) of the unit vectors ``x (n, d)``: every group has
+    angular diameter at most ``distance`` (all pairs ``<x_i, x_j> >= cos(distance)``).
+
+    Greedy complete-linkage cover: visit the tokens in their order; an unassigned token
+    ``a`` opens a group, which takes the unassigned tokens within ``distance`` of ``a`` in
+    order of closeness to ``a``, each only if it is within ``distance`` of every token
+    taken so far. Where the relation "within ``distance``" is an equivalence (groups of
+    diameter <= ``distance`` that are farther than ``distance`` apart) the groups are its
+    classes, so their number is the rank of the thresholded Gram matrix
+    ``[<x_i, x_j> >= cos(distance)]``; elsewhere (tokens spread over more than
+    ``distance``) it tracks complete linkage cut at ``distance`` and never chains.
+
+    Scales to n ~ 1e5 (no n x n matrix): tokens closer than ``distance / 32`` (one cell of
+    a grid of that size) are first merged into atoms, which a k-d tree finds; the
+    diameter bound holds between atoms, so between tokens to within ``distance / 16``.
+    """
+    x = np.asarray(x, dtype=float)
+    n, d = x.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    if distance >= math.pi:
+        return np.zeros(n, dtype=np.intp)
+    cos_d, cos_half = math.cos(distance), math.cos(distance / 2)
+    chord = 2 * math.sin(distance / 2)
+    # atoms: tokens in one grid cell of side chord / (32 sqrt d), numbered by first token
+    h = max(chord / (32 * math.sqrt(d)), 1e-12)
+    _, first, atom_of = np.unique(np.floor(x / h).astype(np.int64), axis=0, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.intp)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    atom_of = rank[np.ravel(atom_of)]
+    m = first.size
+    pos = np.stack([np.bincount(atom_of, x[:, j], minlength=m) for j in range(d)], axis=1)
+    pos /= np.linalg.norm(pos, axis=1, keepdims=True)
+    tree = cKDTree(pos)
+    group = np.full(m, -1, dtype=np.intp)
+    k = 0
+    for a in range(m):
+        if group[a] >= 0:
+            continue
+        cand = np.asarray(tree.query_ball_point(pos[a], chord * (1 + 1e-9) + 1e-12), dtype=np.intp)
+        cand = cand[group[cand] < 0]
+        s = pos[cand] @ pos[a]
+        keep = s >= cos_d
+        cand, s = cand[keep], s[keep]
+        order = np.argsort(-s, kind="stable")
+        cand, s = cand[order], s[order]
+        # within distance / 2 of a: pairwise within distance (triangle inequality), all taken
+        n_in = int(np.searchsorted(-s, -cos_half, side="right"))
+        n_in = max(n_in, 1)  # a itself (s = 1)
+        taken = list(cand[:n_in])
+        outer = cand[n_in:]
+        if outer.size:
+            p_out = pos[outer]
+            ok = np.ones(outer.size, dtype=bool)
+            inner = pos[cand[:n_in]]
+            for i0 in range(0, outer.size, 4096):
+                for j0 in range(0, n_in, 1024):
+                    blk = p_out[i0:i0 + 4096] @ inner[j0:j0 + 1024].T
+                    ok[i0:i0 + 4096] &= (blk >= cos_d).all(axis=1)
+            j = int(ok.argmax())  # the next admissible candidate, in order of closeness to a
+            while ok[j]:
+                taken.append(outer[j])
+                ok[j] = False
+                ok[j + 1:] &= p_out[j + 1:] @ p_out[j] >= cos_d
+                j = int(ok.argmax())
+        group[np.asarray(taken, dtype=np.intp)] = k
+        k += 1
+    return group[atom_of]
+
+
+def find_particle_clusters(x: np.ndarray, weights: np.ndarray, criterion: ClusterCriterion = ClusterCriterion()):
+    """Clusters of the tokens ``x (n, d)`` with ``weights (n,)``: ``(masses (k,), centers (k, d))``,
+    heaviest first (ties in the order of :func:`particle_groups`).
+
+    The groups of :func:`particle_groups` at ``criterion.distance`` whose mass (sum of
+    weights) is at least ``criterion.mass``; a centre is the group's weighted mean position
+    normalized onto the sphere (the plain mean for a group of zero weight).
+    """
+    x = np.asarray(x, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    labels = particle_groups(x, criterion.distance)
+    k = int(labels.max()) + 1 if labels.size else 0
+    masses = np.bincount(labels, w, minlength=k)
+    centers = np.stack([np.bincount(labels, w * x[:, j], minlength=k) for j in range(x.shape[1])], axis=1)
+    plain = np.stack([np.bincount(labels, x[:, j], minlength=k) for j in range(x.shape[1])], axis=1)
+    bad = ~(np.linalg.norm(centers, axis=1) > 0)
+    centers[bad] = plain[bad]
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    order = np.argsort(-masses, kind="stable")
     order = order[masses[order] >= criterion.mass]
     return masses[order], centers[order]
 

@@ -2,11 +2,13 @@
 its distance to the PDE solution.
 
 Particle runs write the same files as PDE runs (:func:`meanfield.run.drive`): ``points``
-are the particle positions and ``masses`` their weights (no ``areas``). Diagnostics that
-need a density (``min_density``, ``max_density``, ``n_clusters``) use the histogram of the
-particles binned into cells (:func:`histogram_mesh`: the case's kind of mesh, coarse
-enough for about 64 particles per cell), so clusters mean the same thing for particles
-and PDE.
+are the particle positions and ``masses`` their weights (no ``areas``). The density
+diagnostics (``min_density``, ``max_density``) use the histogram of the particles binned
+into cells (:func:`histogram_mesh`: the case's kind of mesh, coarse enough for about 64
+particles per cell); clusters (``n_clusters``, ``cluster_masses``, ``cluster_centers``) are
+counted from the tokens themselves (:func:`meanfield.diagnostics.find_particle_clusters`:
+groups of diameter at most ``diagnostics.cluster_distance`` and mass at least
+``diagnostics.cluster_mass``).
 
 ``compare`` runs the PDE once and the particles for every ``n`` and seed to the same
 output times, and writes ``compare.csv`` (``t, n, seed, metric, distance``), a table of
@@ -65,9 +67,10 @@ def build_particles(case: dict, n: int | None = None, seed: int | None = None, s
 
 
 def histogram_mesh(mesh, n: int):
-    """The cells the particle histogram is binned into for diagnostics: about 64 or more
-    particles per cell, so sampling noise (relative size ~ 1/sqrt(particles per cell))
-    stays well below the cluster contrast; never finer than the case's mesh."""
+    """The cells the particle histogram is binned into for the density diagnostics
+    (``min_density``, ``max_density``; clusters are counted from the tokens): about 64 or
+    more particles per cell, so sampling noise (relative size ~ 1/sqrt(particles per
+    cell)) stays moderate; never finer than the case's mesh."""
     from .mesh import CircleMesh
 
     if mesh.manifold == "circle":
@@ -83,8 +86,9 @@ def histogram_mesh(mesh, n: int):
 class ParticleRun:
     """Adapter of a :class:`ParticleSystem` to :func:`meanfield.run.drive`.
 
-    ``mesh`` is the case's mesh (pictures, VTK); the diagnostics bin the particles into
-    :func:`histogram_mesh` cells.
+    ``mesh`` is the case's mesh (pictures, VTK); the density diagnostics bin the particles
+    into :func:`histogram_mesh` cells; clusters are groups of tokens
+    (:func:`meanfield.diagnostics.find_particle_clusters` with ``criterion``).
     """
 
     def __init__(self, mesh, system: ParticleSystem, state: ParticleState, criterion: diag.ClusterCriterion):
@@ -104,7 +108,7 @@ class ParticleRun:
         st, mesh = self.state, self.mesh
         v = self.system.velocity(st)
         hist = bin_particles(self.bins, st.x, st.weights) / self.bins.areas
-        clusters = diag.find_clusters(self.bins, hist, self.criterion)
+        clusters = diag.find_particle_clusters(st.x, st.weights, self.criterion)
         arrays = {"t": np.float64(st.t), "points": st.x.copy(), "masses": st.weights.copy(), "velocity": v,
                   "cluster_masses": clusters[0], "cluster_centers": clusters[1]}
         row = {
@@ -192,7 +196,8 @@ class ParticleRun:
 
 
 def _criterion(case):
-    return diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
+    d = case["diagnostics"]
+    return diag.ClusterCriterion(d["cluster_contrast"], d["cluster_mass"], d["cluster_distance"])
 
 
 def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | None = None, progress: bool = False,
