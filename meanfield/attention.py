@@ -32,6 +32,7 @@ __all__ = [
     "DirectField",
     "FieldOverflowError",
     "USA_LOGIT_LIMIT",
+    "USA_OVERFLOW_FIX",
     "check_field_inputs",
     "check_sources",
     "check_targets",
@@ -104,6 +105,12 @@ class AttentionModel:
         Query, key and value matrices; identity by default.
     normalized : bool
         ``True`` for softmax attention (SA), ``False`` for unnormalized attention (USA).
+    shift : bool
+        USA: use the shifted kernel ``exp(beta (<Qx, Ky> - c))``, ``c = ||Q^T K||_2``, i.e.
+        the field, the growth rates and the energy times ``exp(-beta c)`` (a constant
+        rescaling of time; the convention of the metastability paper's code). Every logit
+        is then ``<= 0``, so nothing overflows at any ``beta``. No effect on SA, whose
+        normalization cancels any constant offset of the logits (:attr:`logit_offset` is 0).
     """
 
     d: int
@@ -112,6 +119,7 @@ class AttentionModel:
     K: np.ndarray = field(default=None)
     V: np.ndarray = field(default=None)
     normalized: bool = True
+    shift: bool = False
 
     def __post_init__(self):
         if int(self.d) != self.d or self.d < 2:
@@ -124,10 +132,22 @@ class AttentionModel:
         for name in "QKV":
             object.__setattr__(self, name, _as_matrix(name, getattr(self, name), self.d))
         object.__setattr__(self, "normalized", bool(self.normalized))
+        object.__setattr__(self, "shift", bool(self.shift))
+        offset = 0.0
+        if self.shift and not self.normalized and beta > 0.0:
+            offset = beta * float(np.linalg.norm(self.Q.T @ self.K, 2))
+        object.__setattr__(self, "_logit_offset", offset)  # not a field: derived, read per block
 
     @property
     def kind(self) -> str:
         return "SA" if self.normalized else "USA"
+
+    @property
+    def logit_offset(self) -> float:
+        """The constant subtracted from every logit: ``beta ||Q^T K||_2`` for shifted USA
+        (so that every logit ``beta <Qx, Ky> - offset <= 0`` on the sphere), else 0 (SA
+        cancels any offset in its normalization)."""
+        return self._logit_offset
 
     @property
     def interaction(self) -> np.ndarray:
@@ -156,7 +176,8 @@ class AttentionModel:
         about the uniform density over degrees ``1..max_mode`` (exact). For general
         ``Q, K, V`` it is the same expression with ``c = ||Q^T K||_2`` and
         ``v = ||V||_2``, an estimate of the same time scale. A state far from uniform
-        is additionally limited by the transport CFL condition in the solver.
+        is additionally limited by the transport CFL condition in the solver. Shifted
+        USA: the rates times ``exp(-beta ||Q^T K||_2)``, computed without overflow.
         """
         iso = self.isotropic()
         if iso is None:
@@ -165,11 +186,12 @@ class AttentionModel:
         else:
             c, v = abs(iso[0]), abs(iso[1])
         ls = np.arange(1, max_mode + 1)
-        rates = np.abs(v) * np.abs(growth_rate(ls, self.beta * c, self.d, self.normalized))
+        shift = self.logit_offset != 0.0
+        rates = np.abs(v) * np.abs(growth_rate(ls, self.beta * c, self.d, self.normalized, shift=shift))
         return float(max(rates.max(), 1e-300))
 
 
-def growth_rate(l, beta: float, d: int = 2, normalized: bool = True):
+def growth_rate(l, beta: float, d: int = 2, normalized: bool = True, shift: bool = False):
     """Linear growth rate of a degree-``l`` harmonic about the uniform density.
 
     ``sigma_l = l (l + d - 2) a_l / beta`` with
@@ -178,6 +200,12 @@ def growth_rate(l, beta: float, d: int = 2, normalized: bool = True):
     ``beta = 0`` (limit) and, through exponentially scaled Bessel functions, for large
     beta in SA. For a negative ``beta`` (e.g. ``c < 0`` in ``Q^T K = c I``) the same
     formula holds with ``I_nu(-x) = (-1)^{nu - d/2 + 1} I_nu(x)``.
+
+    ``shift=True`` (USA only; SA is unchanged): the rates of the shifted kernel
+    ``exp(beta (<x, y> - 1))``, i.e. the USA rates times ``exp(-|beta|)``, computed with
+    scaled Bessel functions so that they stay finite for any ``beta``. (``beta`` here is
+    the kernel exponent ``beta c``; for ``Q^T K = c I`` the model's offset
+    ``beta ||Q^T K||_2`` is ``|beta c|``.)
     """
     l = np.asarray(l, dtype=float)
     nu = d / 2.0 - 1.0
@@ -192,6 +220,8 @@ def growth_rate(l, beta: float, d: int = 2, normalized: bool = True):
     rate = lam * ratio / beta * sign
     if normalized:
         return rate
+    if shift:  # a_0 e^{-|beta|}: scaled, finite for any beta
+        return rate * (math.gamma(d / 2.0) * (2.0 / b) ** nu * special.ive(nu, b))
     a0 = math.gamma(d / 2.0) * (2.0 / b) ** nu * special.iv(nu, b)
     return rate * a0
 
@@ -245,6 +275,9 @@ def check_field_inputs(model: AttentionModel, targets, sources, weights):
 _LOG_MAX = math.log(np.finfo(float).max)
 #: Largest USA logit accepted: exp of it times a sum of up to e^40 terms stays finite.
 USA_LOGIT_LIMIT = _LOG_MAX - 40.0
+#: What to do about a USA overflow (end of every overflow message).
+USA_OVERFLOW_FIX = ("use model.shift = true (the kernel exp(beta (<Qx, Ky> - ||Q^T K||_2)), a rescaling of time), "
+                    "SA (model.kind = \"SA\") or a smaller beta")
 
 
 class DirectField:
@@ -267,7 +300,7 @@ class DirectField:
     def __call__(self, targets, sources, weights, project: bool = True):
         """The field at ``targets``; with ``project=False`` the attention average itself,
         ``sum_j w_j e^{logit} V y_j / Z`` before the tangential projection (the authors'
-        Euler scheme steps with it)."""
+        Euler scheme steps with it). Shifted USA: logits minus :attr:`AttentionModel.logit_offset`."""
         model = self.model
         x, y, w = check_field_inputs(model, targets, sources, weights)
         out = np.empty_like(x)
@@ -295,16 +328,19 @@ class DirectField:
             logits -= logits.max(axis=1, keepdims=True)
             np.exp(logits, out=logits)
             return (logits @ wvy) / (logits @ w)[:, None]
+        offset = self.model.logit_offset
+        if offset:  # shifted USA: every logit <= 0 (up to rounding), nothing overflows
+            logits -= offset
         top = logits.max() if logits.size else 0.0
         if top > USA_LOGIT_LIMIT:
             raise FieldOverflowError(
                 f"USA attention overflows: beta <Qx, Ky> reaches {top:.1f} "
-                f"(exp overflows above {_LOG_MAX:.0f}); use SA (model.kind = \"SA\") or a smaller beta"
+                f"(exp overflows above {_LOG_MAX:.0f}); {USA_OVERFLOW_FIX}"
             )
         np.exp(logits, out=logits)
         res = logits @ wvy
         if not np.all(np.isfinite(res)):
-            raise FieldOverflowError("USA attention sum overflowed double precision; use SA or a smaller beta")
+            raise FieldOverflowError(f"USA attention sum overflowed double precision; {USA_OVERFLOW_FIX}")
         return res
 
 
@@ -317,31 +353,40 @@ def energy(model: AttentionModel, points, weights, block_elements: int = 1 << 18
     """Interaction energy ``E = 1/(2 beta) sum_ij w_i w_j (exp(beta <Q x_i, K x_j>) - 1)``.
 
     For ``Q = K = V = I`` this is the functional that USA ascends; ``beta = 0`` gives the
-    continuous limit ``<Q m, K m>/2`` with ``m = sum_i w_i x_i``.
+    continuous limit ``<Q m, K m>/2`` with ``m = sum_i w_i x_i`` (also used when
+    ``beta Q^T K`` vanishes in double precision, e.g. ``Q = 0``: then ``E = 0``).
+
+    Shifted USA (``model.shift``): ``exp(-beta c) E`` with ``c = ||Q^T K||_2``
+    (:attr:`AttentionModel.logit_offset`), the functional the shifted USA ascends, computed
+    as ``1/(2 beta) sum_ij w_i w_j e^{-beta c} (e^{s_ij} - 1)`` term by term without
+    overflow for any ``beta`` (``s_ij`` the logits).
 
     ``method``: ``"direct"`` sums the pairs in blocks (O(n^2)); ``"spectral"`` diagonalizes
     a rotation-invariant kernel (S^1 with ``Q^T K`` in span{I, J}: ``sum_n I_n(beta r)
     cos(n phi) |c_n|^2`` over the Fourier moments ``c_n``; S^2 with ``Q^T K = c I``:
     Funk--Hecke, ``sum_l 4 pi i_l(beta c) sum_m |a_lm|^2`` over the harmonic moments computed
     by ducc0), O(n L) with ``L ~ sqrt(beta)``, relative accuracy ~1e-12 of the double sum;
-    ``"auto"`` (default) takes the spectral form from
+    the ``-1`` of the kernel is taken out of the zeroth mode analytically (``I_0 - 1``,
+    ``i_0 - 1`` by their series for small arguments), so a tiny ``beta c`` keeps its
+    relative accuracy. ``"auto"`` (default) takes the spectral form from
     :data:`ENERGY_SPECTRAL_MIN_POINTS` points on where it applies.
     """
+    if method not in ("auto", "direct", "spectral"):
+        raise ValueError(f"unknown energy method {method!r} (choose 'auto', 'direct' or 'spectral')")
     x = np.asarray(points, dtype=float)
     w = np.asarray(weights, dtype=float)
     keep = w != 0
     x, w = x[keep], w[keep]
     beta = model.beta
     qk = model.Q.T @ model.K
-    if beta == 0.0:
+    if beta == 0.0 or not beta * float(np.abs(qk).max()) > 0.0:
         m = w @ x
         return 0.5 * float(m @ qk @ m)
-    if method not in ("auto", "direct", "spectral"):
-        raise ValueError(f"unknown energy method {method!r} (choose 'auto', 'direct' or 'spectral')")
+    offset = model.logit_offset
     if method != "direct" and (method == "spectral" or x.shape[0] >= ENERGY_SPECTRAL_MIN_POINTS):
-        pair_sum = _spectral_pair_sum(model, qk, x, w)
-        if pair_sum is not None:
-            return (pair_sum - float(w.sum()) ** 2) / (2.0 * beta)
+        excess = _spectral_excess(model, qk, x, w, offset)
+        if excess is not None:
+            return excess / (2.0 * beta)
         if method == "spectral":
             raise ValueError("the spectral energy needs Q^T K in span{I, J} on S^1 or Q^T K = c I on S^2")
     ky = x @ qk.T
@@ -349,15 +394,54 @@ def energy(model: AttentionModel, points, weights, block_elements: int = 1 << 18
     total = 0.0
     with single_thread_blas():
         for start in range(0, x.shape[0], block):
-            t = x[start : start + block] @ ky.T
-            total += float(w[start : start + block] @ (np.expm1(beta * t) @ w))
+            s = x[start : start + block] @ ky.T
+            s *= beta
+            if offset:
+                s = _shifted_expm1(s, offset)
+            else:
+                np.expm1(s, out=s)
+            total += float(w[start : start + block] @ (s @ w))
     return total / (2.0 * beta)
 
 
-def _spectral_pair_sum(model: AttentionModel, qk: np.ndarray, x: np.ndarray, w: np.ndarray) -> float | None:
-    """``sum_ij w_i w_j exp(beta <x_i, Q^T K x_j>)`` for rotation-invariant kernels, else None."""
+def _shifted_expm1(s: np.ndarray, offset: float) -> np.ndarray:
+    """``e^{-offset} (e^s - 1)`` elementwise for logits ``s <= offset``, without overflow and
+    to full relative accuracy: ``(1 - e^{-s}) e^{s - offset}`` for ``s >= 0``,
+    ``expm1(s) e^{-offset}`` below."""
+    pos = s >= 0
+    g = -np.expm1(-np.abs(s))
+    g[~pos] *= -1.0
+    np.maximum(s, 0.0, out=s)
+    s -= offset
+    np.exp(s, out=s)
+    s *= g
+    return s
+
+
+def _zeroth_minus_one(r: float, offset: float, spherical: bool) -> float:
+    """``e^{-offset} (f(r) - 1)`` for ``f = I_0`` (circle) or ``f = i_0`` (sphere, even in
+    ``r``): the zeroth kernel mode without its constant, accurate for tiny ``r`` and finite
+    for any ``r <= offset + 700``."""
+    r = abs(float(r))
+    if r <= 1.0:  # the series from k = 1: (r^2/4)^k / (k!)^2, resp. r^{2k} / (2k+1)!
+        term, total, r2 = 1.0, 0.0, r * r
+        for k in range(1, 30):
+            term *= r2 / (4.0 * k * k) if not spherical else r2 / ((2.0 * k) * (2.0 * k + 1.0))
+            total += term
+            if term < 1e-17 * total:
+                break
+        return total * math.exp(-offset)
+    scaled = math.sqrt(math.pi / (2.0 * r)) * special.ive(0.5, r) if spherical else special.ive(0, r)
+    return float(scaled) * math.exp(r - offset) - math.exp(-offset)
+
+
+def _spectral_excess(model: AttentionModel, qk: np.ndarray, x: np.ndarray, w: np.ndarray,
+                     offset: float = 0.0) -> float | None:
+    """``e^{-offset} sum_ij w_i w_j (exp(beta <x_i, Q^T K x_j>) - 1)`` for rotation-invariant
+    kernels, else None. Needs ``beta Q^T K != 0``."""
     beta = model.beta
     scale = max(1.0, float(np.abs(qk).max()))
+    total = float(w.sum())
     if model.d == 2:
         a, b = 0.5 * (qk[0, 0] + qk[1, 1]), 0.5 * (qk[1, 0] - qk[0, 1])
         if np.abs(qk - np.array([[a, -b], [b, a]])).max() > 1e-14 * scale:
@@ -377,8 +461,8 @@ def _spectral_pair_sum(model: AttentionModel, qk: np.ndarray, x: np.ndarray, w: 
             c[n] = power.sum()
             power = power * z
         mag = np.abs(c) ** 2
-        series = ive[0] * mag[0] + 2.0 * np.sum(ive[1:] * np.cos(np.arange(1, L + 1) * phi) * mag[1:])
-        return float(series) * math.exp(r)
+        series = 2.0 * np.sum(ive[1:] * np.cos(np.arange(1, L + 1) * phi) * mag[1:])
+        return float(series) * math.exp(r - offset) + total * total * _zeroth_minus_one(r, offset, False)
     if model.d == 3:
         c = float(np.trace(qk)) / 3.0
         if np.abs(qk - c * np.eye(3)).max() > 1e-14 * scale:
@@ -386,8 +470,11 @@ def _spectral_pair_sum(model: AttentionModel, qk: np.ndarray, x: np.ndarray, w: 
         from .spectral_sphere import SpectralSphereField
 
         # Funk--Hecke: sum_ij w_i w_j e^{b <x_i, x_j>} = sum_lm lambda_l |a_lm|^2, with the
-        # moments a_lm and the scaled eigenvalues lambda_l e^{-|b|} of the field backend
+        # moments a_lm and the scaled eigenvalues lambda_l e^{-|b|} of the field backend;
+        # the l = 0 term is i_0(b) W^2 (|a_00|^2 = W^2 / 4 pi), its -W^2 taken out exactly
         field = SpectralSphereField(AttentionModel(d=3, beta=beta, Q=c * np.eye(3)), tolerance=1e-13)
         alm = field.coefficients(x, w).view(complex)
-        return float(np.sum(field._lam[field._l_of] * field._m_mult * np.abs(alm) ** 2)) * math.exp(abs(field.b))
+        higher = field._l_of > 0
+        series = float(np.sum((field._lam[field._l_of] * field._m_mult * np.abs(alm) ** 2)[higher]))
+        return series * math.exp(abs(field.b) - offset) + total * total * _zeroth_minus_one(field.b, offset, True)
     return None

@@ -55,7 +55,15 @@ so the scaled sums are bounded by the total weight ``W`` and nothing overflows f
 :class:`~meanfield.attention.FieldOverflowError` where ``rho(x)`` exceeds
 :data:`~meanfield.attention.USA_LOGIT_LIMIT` (the direct backend raises when a logit between
 the given points does; ``rho(x)`` is the largest logit against any point of the circle,
-so for sources that cover the circle this is the same condition).
+so for sources that cover the circle this is the same condition). Shifted USA
+(``model.shift``, :attr:`~meanfield.attention.AttentionModel.logit_offset` ``= beta ||Q^T K||_2
+= r_1 + r_2``) multiplies ``e^{rho(x) - offset} <= 1`` back instead: nothing overflows at
+any ``beta``, with the same relative accuracy (the truncation ``L ~ sqrt(beta)``: 254 at
+``beta = 1000``, 803 at ``10^4`` for the default tolerance and ``Q = K = I``).
+
+``project=False`` returns the attention average itself, ``V`` times the moment sums over
+``Z`` (SA) or scaled back (USA), before the tangential projection ``P_x``: the same sums,
+so the same accuracy (the SA bound ``tolerance ||V||_2`` covers the whole vector).
 
 The truncation ``L`` (attribute ``truncation``) is the smallest order with
 ``2 sum_{k > L} ive(k, ||A||_2) <= delta`` (:func:`bessel_truncation`); since
@@ -110,8 +118,8 @@ import math
 import numpy as np
 from scipy import special
 
-from .attention import (USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, check_field_inputs,
-                        check_sources, single_thread_blas)
+from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, DirectField, FieldOverflowError,
+                        check_field_inputs, check_sources, single_thread_blas)
 
 __all__ = [
     "SpectralCircleField",
@@ -412,9 +420,10 @@ class SpectralCircleField:
         return out
 
     # -----------------------------------------------------------------------------------
-    def __call__(self, targets, sources, weights):
+    def __call__(self, targets, sources, weights, project: bool = True):
+        """The field at ``targets``; ``project=False``: the attention average before ``P_x``."""
         x, y, w = check_field_inputs(self.model, targets, sources, weights)
-        return self.evaluate(x, self.coefficients(y, w), y, w)
+        return self.evaluate(x, self.coefficients(y, w), y, w, project=project)
 
     def coefficients(self, sources, weights) -> np.ndarray:
         """The source moments ``c_n = sum_j w_j e^{i n s_j}``, ``n = 0..L+1``: linear in the
@@ -426,10 +435,11 @@ class SpectralCircleField:
         with single_thread_blas():
             return self._moments(zs, w, self.truncation + 1)
 
-    def evaluate(self, targets, coeffs, sources, weights) -> np.ndarray:
+    def evaluate(self, targets, coeffs, sources, weights, project: bool = True) -> np.ndarray:
         """The field at ``targets`` from the moments ``coeffs`` (:meth:`coefficients`) of the
         measure ``(sources, weights)``; the measure itself is used only by the SA targets
-        that fall back to the direct sums."""
+        that fall back to the direct sums. ``project=False``: the attention average before
+        the tangential projection."""
         model = self.model
         x, y, w = check_field_inputs(self.model, targets, sources, weights)
         c = np.asarray(coeffs)
@@ -441,13 +451,13 @@ class SpectralCircleField:
         # Per target: A^T x = rho (cos phi, sin phi), the logit is rho cos(s - phi).
         g = x @ self._A
         rho = np.hypot(g[:, 0], g[:, 1])
+        offset = model.logit_offset  # shifted USA: rho(x) - offset <= 0
         if not model.normalized:
-            top = float(rho.max())
+            top = float(rho.max()) - offset
             if top > USA_LOGIT_LIMIT:
                 raise FieldOverflowError(
                     f"USA attention overflows: beta <Qx, Ky> reaches {top:.1f} on the circle "
-                    f"(exp overflows above {math.log(np.finfo(float).max):.0f}); use SA "
-                    f"(model.kind = \"SA\") or a smaller beta"
+                    f"(exp overflows above {math.log(np.finfo(float).max):.0f}); {USA_OVERFLOW_FIX}"
                 )
         if not total > 0.0:  # USA without mass
             out[:] = 0.0
@@ -473,14 +483,15 @@ class SpectralCircleField:
                 if self._direct is None:
                     self._direct = DirectField(model)
                 keep = w > 0
-                out[low] = self._direct(x[low], y[keep], w[keep])
+                out[low] = self._direct(x[low], y[keep], w[keep], project=project)
                 self.last_fallback = nlow
         else:
             # Constant |A^T x|: the Bessel factors were scaled by e^{-(r1 + r2)} for all targets.
             scale = np.full_like(rho, self.r1 + self.r2) if self.constant_rho else rho
-            out[:] = num * np.exp(scale)[:, None]
+            out[:] = num * np.exp(scale - offset)[:, None]
             if not np.all(np.isfinite(out)):
-                raise FieldOverflowError("USA attention sum overflowed double precision; use SA or a smaller beta")
+                raise FieldOverflowError(f"USA attention sum overflowed double precision; {USA_OVERFLOW_FIX}")
         # Tangential projection P_x (fallback rows are tangent already; re-projecting is harmless).
-        out -= np.einsum("ij,ij->i", out, x)[:, None] * x
+        if project:
+            out -= np.einsum("ij,ij->i", out, x)[:, None] * x
         return out

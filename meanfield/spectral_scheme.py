@@ -119,7 +119,8 @@ class SpectralCircleSimulation(Stepper):
             self.kgrad = np.where(k == 1, math.pi, 0.0)  # lim I_k(b)/b: 1/2 for k = 1, else 0
         else:
             self.kgrad = 2 * math.pi * special.ive(k, b) / b
-        self.scale = 1.0 if model.normalized else math.exp(abs(b))
+        # USA undoes the scaling e^{-|b|}; shifted USA (logit offset beta |c| = |b|) does not
+        self.scale = 1.0 if model.normalized else math.exp(abs(b) - model.logit_offset)
         self.rate = model.rate_bound(max_mode=max(1, m // 2))
         self.tangents = mesh.tangent(mesh.centers)
 

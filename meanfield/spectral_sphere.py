@@ -69,6 +69,23 @@ small against ``max |X|``.
 
 ``b = 0`` is evaluated in closed form: ``X = v P_x(sum_j w_j y_j)`` (divided by ``W`` for SA).
 
+Shifted USA (``model.shift``). The logit offset ``beta ||Q^T K||_2 = |b|``
+(:attr:`~meanfield.attention.AttentionModel.logit_offset`) replaces the factor ``e^{|b|}``
+by ``e^{|b| - offset} = 1``: the scaled sums *are* the shifted field, finite for any ``b``,
+with the same error relative to ``max |X|``; ``lmax`` grows like ``sqrt(|b|)`` (287 at
+``|b| = 1000``, 931 at ``10^4`` for the default tolerance).
+
+The attention average before the projection (``project=False``). Its radial part
+``<x, sum_j w_j e^{b <x, y_j>} y_j> = d Phi / d b`` is one more spin-0 synthesis, with the
+eigenvalues ``4 pi i_l'(b)``, ``i_l' = (l i_{l-1} + (l + 1) i_{l+1}) / (2l + 1)`` (``i_0' =
+i_1``; positive terms, no cancellation; ``i_l'(-b) = (-1)^{l+1} i_l'(b)``): ``X = v (grad_S Phi
+/ b + x dPhi/db)`` (USA). SA computes the radial part as ``sgn(b) (1 - D / Phi)`` with
+``D = Phi - sgn(b) dPhi/db = sum_j w_j (1 - sgn(b) <x, y_j>) e^{b <x, y_j>} >= 0``
+(eigenvalues ``lambda_l - sgn(b) 4 pi i_l'(b)``): ``D`` is small where the kernel's mass
+concentrates, so its errors stay small against ``Phi`` (``(dPhi/db) / Phi``, a quotient of
+two nearly equal sums, loses up to an order of magnitude more). The SA error estimate adds the radial part's (the bound ``B_D`` of ``D_s`` and its
+truncation tail ``tau_D``), so the fallback keeps ``tolerance * |v|`` for the whole vector.
+
 Two phases (MPI). A call is ``evaluate(targets, coefficients(sources, weights), sources,
 weights)``: :meth:`SpectralSphereField.coefficients` (the moments ``a_lm``) is linear in the
 weights, so ranks holding parts of the measure sum (``Allreduce``) their partial arrays;
@@ -87,8 +104,8 @@ import math
 import numpy as np
 from scipy import special
 
-from .attention import (USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, check_field_inputs,
-                        check_sources, check_targets, single_thread_blas)
+from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, DirectField, FieldOverflowError,
+                        check_field_inputs, check_sources, check_targets, single_thread_blas)
 
 __all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax", "spectral_sphere_cost", "spectral_sphere_field"]
 
@@ -348,6 +365,20 @@ class SpectralSphereField:
             # b -> 0 (lambda_1 / b -> 4 pi / 3); lambda_0 / b is dropped (no gradient)
             sign_g = sign * math.copysign(1.0, self.b)
             self._lam_g = 4.0 * math.pi * _scaled_in_over_b(self.lmax, b_abs) * sign_g
+            # ... their derivatives in b, 4 pi i_l'(b) e^{-|b|} (USA radial part, project=False;
+            # i_l'(-b) = (-1)^{l+1} i_l'(|b|)), and lambda_l - sgn(b) lambda_l' (SA radial part:
+            # the kernel (1 - sgn(b) <x, y>) e^{b <x, y>}), with their truncation tails per unit mass
+            ext = self.lmax + 40
+            il_ext = _scaled_in(ext + 1, b_abs)
+            ls_ext = np.arange(ext + 1, dtype=float)
+            dil = (ls_ext * np.concatenate([[0.0], il_ext[:-2]]) + (ls_ext + 1) * il_ext[1:]) / (2 * ls_ext + 1)
+            parity = np.where(np.arange(ext + 1) % 2 == 1, -1.0, 1.0) if self.b < 0 else 1.0
+            lam_r = 4.0 * math.pi * dil * (-parity if self.b < 0 else 1.0)
+            lam_d = 4.0 * math.pi * il_ext[: ext + 1] * parity - math.copysign(1.0, self.b) * lam_r
+            self._lam_r, self._lam_d = lam_r[: self.lmax + 1], lam_d[: self.lmax + 1]
+            tail = (2 * ls_ext + 1) / (4.0 * math.pi)
+            self._tau_r = float(np.sum((np.abs(lam_r) * tail)[self.lmax + 1 :]))
+            self._tau_d = float(np.sum((np.abs(lam_d) * tail)[self.lmax + 1 :]))
             # healpy/ducc0 triangular layout: index(l, m) = m (2 lmax + 1 - m) / 2 + l, m >= 0
             L = self.lmax
             self._l_of = np.concatenate([np.arange(m, L + 1) for m in range(L + 1)])
@@ -362,9 +393,10 @@ class SpectralSphereField:
         return (f"SpectralSphereField({m.kind}, beta={m.beta:g}, c={self.c:g}, v={self.v:g}, "
                 f"tolerance={self.tolerance:g}, lmax={self.lmax})")
 
-    def __call__(self, targets, sources, weights):
+    def __call__(self, targets, sources, weights, project: bool = True):
+        """The field at ``targets``; ``project=False``: the attention average before ``P_x``."""
         x, y, w = check_field_inputs(self.model, targets, sources, weights)
-        return self.evaluate(x, self.coefficients(y, w), y, w)
+        return self.evaluate(x, self.coefficients(y, w), y, w, project=project)
 
     def coefficients(self, sources, weights) -> np.ndarray:
         """The measure's part of a call: ``a_lm = sum_j w_j conj(Y_lm(y_j))``, ``m >= 0``.
@@ -391,12 +423,13 @@ class SpectralSphereField:
         )
         return np.ascontiguousarray(alm[0]).view(np.float64)
 
-    def evaluate(self, targets, coeffs, sources=None, weights=None) -> np.ndarray:
+    def evaluate(self, targets, coeffs, sources=None, weights=None, project: bool = True) -> np.ndarray:
         """The field at ``targets`` from the :meth:`coefficients` of the whole measure.
 
         ``sources, weights`` (the whole measure) serve only the SA direct fallback; USA does
         not need them. The total weight ``W`` is read from the coefficients
-        (``W = sqrt(4 pi) a_00``).
+        (``W = sqrt(4 pi) a_00``). ``project=False``: the attention average before the
+        tangential projection (one more transform, see the module docstring).
         """
         x = check_targets(self.model, targets)
         normalized = self.model.normalized
@@ -415,38 +448,43 @@ class SpectralSphereField:
             if self.b == 0.0:
                 out[:] = coeffs[1:] * (self.v / (total if normalized else 1.0))
             elif not normalized:
-                out = self._transform(x, coeffs.view(np.complex128)[None, :], total)
+                out = self._transform(x, coeffs.view(np.complex128)[None, :], total, project)
             else:
-                out, err = self._transform(x, coeffs.view(np.complex128)[None, :], total)
+                out, err = self._transform(x, coeffs.view(np.complex128)[None, :], total, project)
                 fallback = err > self.tolerance
                 count = int(fallback.sum())
                 if count:
                     if sources is None or weights is None:
                         raise ValueError("the SA direct fallback needs the sources and weights of the whole measure")
-                    out[fallback] = DirectField(self.model)(x[fallback], sources, weights)
+                    out[fallback] = DirectField(self.model)(x[fallback], sources, weights, project=project)
                 self.last_fallback_count = count
-        out -= np.einsum("ij,ij->i", out, x)[:, None] * x
+        if project:
+            out -= np.einsum("ij,ij->i", out, x)[:, None] * x
         return out
 
     # -- the transforms --------------------------------------------------------------------
-    def _spectral(self, x, y, w, total):
+    def _spectral(self, x, y, w, total, project: bool = True):
         """USA: the field. SA: the field and its estimated error relative to ``|v|`` per target
-        (``inf`` where ``Phi_s`` is not resolved). Not projected; needs ``b != 0``. ``total``
-        is not used: the total weight comes from the coefficients."""
+        (``inf`` where ``Phi_s`` is not resolved). Tangent (the projection of the sums is
+        done by :meth:`evaluate`) unless ``project=False``, which adds the radial part;
+        needs ``b != 0``. ``total`` is not used: the total weight comes from the coefficients."""
         coeffs = self.coefficients(y, w)
-        return self._transform(x, coeffs.view(np.complex128)[None, :], float(coeffs[0]) * math.sqrt(4.0 * math.pi))
+        return self._transform(x, coeffs.view(np.complex128)[None, :], float(coeffs[0]) * math.sqrt(4.0 * math.pi),
+                               project)
 
-    def _transform(self, x, alm, total):
+    def _transform(self, x, alm, total, project: bool = True):
         """:meth:`_spectral` from the moments ``alm`` (shape (1, nalm)) and the total weight."""
         from ducc0.sht.experimental import synthesis_general
 
         L, eps, b, v = self.lmax, self.epsilon, self.b, self.v
         b_abs = abs(b)
         normalized = self.model.normalized
-        if not normalized and b_abs > USA_LOGIT_LIMIT:
+        # shifted USA: e^{|b| - offset} = 1 (offset = beta ||Q^T K||_2 = |b|)
+        exponent = b_abs - self.model.logit_offset
+        if not normalized and exponent > USA_LOGIT_LIMIT:
             raise FieldOverflowError(
                 f"USA attention overflows: |beta c| = {b_abs:.1f} exceeds the logit limit "
-                f"{USA_LOGIT_LIMIT:.1f}; use SA (model.kind = \"SA\") or a smaller beta"
+                f"{USA_LOGIT_LIMIT:.1f}; {USA_OVERFLOW_FIX}"
             )
         alm_g = alm * self._lam_g[self._l_of]
         loc = _angles(x)
@@ -459,15 +497,17 @@ class SpectralSphereField:
         grad[:, 0] = gt * ct * cp - gp * sp
         grad[:, 1] = gt * ct * sp + gp * cp
         grad[:, 2] = -gt * st
+        if not project and not normalized:  # USA: d Phi_s / d b, the radial part of the sums
+            alm_r = alm * self._lam_r[self._l_of]
+            grad += synthesis_general(alm=alm_r, spin=0, lmax=L, loc=loc, epsilon=eps, nthreads=1)[0][:, None] * x
         if not normalized:
             with np.errstate(over="ignore", invalid="ignore"):
-                out = grad * (v * math.exp(b_abs))
+                out = grad * (v * math.exp(exponent))
             if not np.all(np.isfinite(out)):
-                raise FieldOverflowError(
-                    "USA attention overflowed double precision; use SA or a smaller beta"
-                )
+                raise FieldOverflowError(f"USA attention overflowed double precision; {USA_OVERFLOW_FIX}")
             return out
 
+        alm_d = None if project else alm * self._lam_d[self._l_of]
         alm = alm * self._lam[self._l_of]
         phi_s = synthesis_general(alm=alm, spin=0, lmax=L, loc=loc, epsilon=eps, nthreads=1)[0]
         # bounds on Phi_s and |grad Phi_s| / |b| from the coefficients (per degree l)
@@ -478,6 +518,15 @@ class SpectralSphereField:
         out = grad * (v / safe)[:, None]
         rho = np.minimum(1.0, np.linalg.norm(out, axis=1) / abs(v))
         err = self.eta * (b_g + rho * b_phi) + total * (self._tau_g + rho * self._tau_phi)
+        if alm_d is not None:
+            # the radial part <x, average> = sgn(b) (1 - D / Phi) with
+            # D = sum_j w_j (1 - sgn(b) <x, y_j>) e^{b <x, y_j>} >= 0, small where the kernel
+            # peaks: better conditioned than (d Phi / d b) / Phi, a quotient of nearly equal sums
+            ratio = synthesis_general(alm=alm_d, spin=0, lmax=L, loc=loc, epsilon=eps, nthreads=1)[0] / safe
+            out += (v * math.copysign(1.0, b) * (1.0 - ratio))[:, None] * x
+            r_d = np.minimum(2.0, np.abs(ratio))
+            b_d = float(self._w_phi @ self._degree_norms(alm_d))
+            err += self.eta * (b_d + r_d * b_phi) + total * (self._tau_d + r_d * self._tau_phi)
         err = np.where(resolved, err / safe + _ABSOLUTE_FLOOR, np.inf)
         return out, err
 

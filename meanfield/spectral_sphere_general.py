@@ -63,6 +63,18 @@ weight, is read from the coefficients (``sqrt(4 pi) R_00``). Cost: ``O((N + M) s
 lmax^2 log lmax)`` for the transforms plus the GEMM (:func:`general_cost`); ``sigma_1 = 0``
 (``beta = 0``) is the closed form ``P_x(V sum_j w_j y_j)`` (``/ W`` for SA).
 
+``project=False`` returns ``V W M'_s / Z_s`` (SA) or ``V W M'_s e^{s(x)}`` (USA) before the
+projection: ``M'`` is the whole vector sum, so this is the same computation minus ``P_x``,
+with the same accuracy (the SA error estimate below bounds the whole vector).
+
+Shifted USA (``model.shift``): the logit offset ``beta ||Q^T K||_2 = sigma_1``
+(:attr:`~meanfield.attention.AttentionModel.logit_offset`) turns the factor ``e^{s(x)}`` into
+``e^{s(x) - sigma_1} = 1`` (constant scale): finite at any ``beta``. Large ``beta`` is
+limited by the coefficient matrix instead (``~(lmax + 1)^4`` bytes, ``lmax ~ sqrt(beta)``:
+refused from ``beta ||Q^T K||_2 ~ 550`` on at the default tolerance, earlier for anisotropic
+``A``; see Limits), and
+``backend = "auto"`` then takes the direct sums.
+
 SA accuracy and the direct fallback
 -----------------------------------
 The transforms err by at most ``eta`` times the bounds
@@ -112,8 +124,8 @@ import time
 
 import numpy as np
 
-from .attention import (USA_LOGIT_LIMIT, AttentionModel, DirectField, FieldOverflowError, check_field_inputs,
-                        check_sources, check_targets, single_thread_blas)
+from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, DirectField, FieldOverflowError,
+                        check_field_inputs, check_sources, check_targets, single_thread_blas)
 from .spectral_sphere import (_ABSOLUTE_FLOOR, _MIN_TOLERANCE, _TAIL_FRACTION, _angles, _nufft_epsilon, _scaled_in,
                               _tails, spectral_lmax)
 
@@ -605,9 +617,10 @@ class GeneralSphereField:
                 f"lmax_x={self.lmax_x}, lmax_y={self.lmax_y}, scale={self.scale})")
 
     # -- the protocol, in two phases -----------------------------------------------------
-    def __call__(self, targets, sources, weights):
+    def __call__(self, targets, sources, weights, project: bool = True):
+        """The field at ``targets``; ``project=False``: the attention average before ``P_x``."""
         x, y, w = check_field_inputs(self.model, targets, sources, weights)
-        return self.evaluate(x, self.coefficients(y, w), y, w)
+        return self.evaluate(x, self.coefficients(y, w), y, w, project=project)
 
     @property
     def coefficient_shape(self) -> tuple[int, ...]:
@@ -638,11 +651,12 @@ class GeneralSphereField:
             for m in maps])
         return self._ly.to_real(alm)
 
-    def evaluate(self, targets, coeffs, sources=None, weights=None) -> np.ndarray:
+    def evaluate(self, targets, coeffs, sources=None, weights=None, project: bool = True) -> np.ndarray:
         """The field at ``targets`` from the :meth:`coefficients` of the whole measure.
 
         ``sources, weights`` (the whole measure) serve only the SA direct fallback. The total
-        weight comes from the coefficients.
+        weight comes from the coefficients. ``project=False``: the attention average before
+        the tangential projection.
         """
         x = check_targets(self.model, targets)
         model = self.model
@@ -670,9 +684,10 @@ class GeneralSphereField:
                 if count:
                     if sources is None or weights is None:
                         raise ValueError("the SA direct fallback needs the sources and weights of the whole measure")
-                    out[fallback] = DirectField(model)(x[fallback], sources, weights)
+                    out[fallback] = DirectField(model)(x[fallback], sources, weights, project=project)
                 self.last_fallback_count = count
-        out -= np.einsum("ij,ij->i", out, x)[:, None] * x
+        if project:
+            out -= np.einsum("ij,ij->i", out, x)[:, None] * x
         return out
 
     # -- the transforms --------------------------------------------------------------------
@@ -702,10 +717,12 @@ class GeneralSphereField:
         (``inf`` where ``Z_s`` is not resolved). Not projected."""
         s1 = float(self.sigma[0])
         normalized = self.model.normalized
-        if not normalized and s1 > USA_LOGIT_LIMIT:
+        # shifted USA: the largest logit minus the offset beta ||Q^T K||_2 = sigma_1 is 0
+        exponent = s1 - self.model.logit_offset
+        if not normalized and exponent > USA_LOGIT_LIMIT:
             raise FieldOverflowError(
                 f"USA attention overflows: beta ||Q^T K||_2 = {s1:.1f} exceeds the logit limit "
-                f"{USA_LOGIT_LIMIT:.1f}; use SA (model.kind = \"SA\") or a smaller beta"
+                f"{USA_LOGIT_LIMIT:.1f}; {USA_OVERFLOW_FIX}"
             )
         T = self._apply(coeffs)
         z, m, xp = self._synthesize(x, T)
@@ -713,9 +730,9 @@ class GeneralSphereField:
         if not normalized:
             factor = np.exp(_scale(xp, self.sigma, self._a) - s1)
             with np.errstate(over="ignore", invalid="ignore"):
-                out = num * (factor * math.exp(s1))[:, None]
+                out = num * (factor * math.exp(exponent))[:, None]
             if not np.all(np.isfinite(out)):
-                raise FieldOverflowError("USA attention overflowed double precision; use SA or a smaller beta")
+                raise FieldOverflowError(f"USA attention overflowed double precision; {USA_OVERFLOW_FIX}")
             return out
         bounds = self._lx.degree_norms(T).sum(axis=0)
         norms = np.linalg.norm(coeffs, axis=0)
