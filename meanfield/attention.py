@@ -349,7 +349,8 @@ class DirectField:
 ENERGY_SPECTRAL_MIN_POINTS = 20000
 
 
-def energy(model: AttentionModel, points, weights, block_elements: int = 1 << 18, method: str = "auto") -> float:
+def energy(model: AttentionModel, points, weights, block_elements: int = 1 << 18, method: str = "auto",
+           shifted: bool | None = None) -> float:
     """Interaction energy ``E = 1/(2 beta) sum_ij w_i w_j (exp(beta <Q x_i, K x_j>) - 1)``.
 
     For ``Q = K = V = I`` this is the functional that USA ascends; ``beta = 0`` gives the
@@ -359,7 +360,10 @@ def energy(model: AttentionModel, points, weights, block_elements: int = 1 << 18
     Shifted USA (``model.shift``): ``exp(-beta c) E`` with ``c = ||Q^T K||_2``
     (:attr:`AttentionModel.logit_offset`), the functional the shifted USA ascends, computed
     as ``1/(2 beta) sum_ij w_i w_j e^{-beta c} (e^{s_ij} - 1)`` term by term without
-    overflow for any ``beta`` (``s_ij`` the logits).
+    overflow for any ``beta`` (``s_ij`` the logits). ``shifted`` overrides the choice:
+    ``True`` gives ``exp(-beta c) E`` for any model (e.g. SA at large ``beta``, where ``E``
+    itself exceeds double precision), ``False`` the unshifted ``E``; ``None`` (default)
+    follows :attr:`AttentionModel.logit_offset`.
 
     ``method``: ``"direct"`` sums the pairs in blocks (O(n^2)); ``"spectral"`` diagonalizes
     a rotation-invariant kernel (S^1 with ``Q^T K`` in span{I, J}: ``sum_n I_n(beta r)
@@ -382,7 +386,10 @@ def energy(model: AttentionModel, points, weights, block_elements: int = 1 << 18
     if beta == 0.0 or not beta * float(np.abs(qk).max()) > 0.0:
         m = w @ x
         return 0.5 * float(m @ qk @ m)
-    offset = model.logit_offset
+    if shifted is None:
+        offset = model.logit_offset
+    else:
+        offset = beta * float(np.linalg.norm(qk, 2)) if shifted else 0.0
     if method != "direct" and (method == "spectral" or x.shape[0] >= ENERGY_SPECTRAL_MIN_POINTS):
         excess = _spectral_excess(model, qk, x, w, offset)
         if excess is not None:

@@ -62,3 +62,16 @@ def test_circle_rotation_kernel_tiny_and_negative():
         model = mf.AttentionModel(d=2, beta=3.0, K=qk)
         assert mf.energy(model, x, w, method="spectral") == pytest.approx(mf.energy(model, x, w, method="direct"),
                                                                           rel=1e-12, abs=0.0)
+
+
+def test_shifted_keyword_gives_a_finite_energy_for_sa_at_large_beta():
+    x, w = _points(3, 40, seed=5)
+    sa = mf.AttentionModel(d=3, beta=2000.0)
+    e = mf.energy(sa, x, w, shifted=True)
+    G = x @ x.T
+    naive = float(w @ (np.exp(2000.0 * (G - 1)) - np.exp(-2000.0)) @ w) / 4000.0
+    assert e == pytest.approx(naive, rel=1e-12, abs=0.0)
+    assert mf.energy(sa, x, w, shifted=True, method="spectral") == pytest.approx(e, rel=1e-11, abs=0.0)
+    usa = mf.AttentionModel(d=3, beta=3.0, normalized=False, shift=True)
+    assert mf.energy(usa, x, w, shifted=False) == pytest.approx(mf.energy(mf.AttentionModel(d=3, beta=3.0), x, w),
+                                                                 rel=1e-14)
