@@ -71,8 +71,8 @@ def check_row(row: dict) -> None:
         if value is not None and not math.isfinite(value):
             hint = ""
             if key in ("energy", "max_speed"):
-                hint = ("; for USA at large beta use the shifted kernel (model.shift = true), a smaller beta or "
-                        "model.kind = \"SA\"")
+                hint = ("; at large beta use model.shift = true (USA: the shifted kernel, a rescaling of time; SA: "
+                        "only the energy column becomes exp(-beta c) E), a smaller beta, or model.kind = \"SA\"")
             raise RunHealthError(f"t={row['t']:.6g}: {key} is {value}{hint}")
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from . import diagnostics as diag
-from .attention import energy
 from .case import CaseError
 from .distances import bin_particles, distance
 from .initial import InitialDataError
@@ -61,8 +60,11 @@ def build_particles(case: dict, n: int | None = None, seed: int | None = None, s
         field = make_field(model, s["backend"], s["tolerance"], n_targets=len(x), n_sources=len(x), dist=dist)
     except ValueError as exc:
         raise CaseError(source, "solver.backend", str(exc)) from None
-    system = ParticleSystem(field, integrator=s["integrator"], dt=s["dt"], cfl=s["cfl"],
-                            rate_cfl=s["rate_cfl"], dt_max=s["dt_max"])
+    try:
+        system = ParticleSystem(field, integrator=s["integrator"], dt=s["dt"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
+                                dt_max=s["dt_max"], rtol=s["rtol"], atol=s["atol"], max_steps=None)
+    except ValueError as exc:  # a ParticleSettingError names the key to change (solver.max_steps: drive's budget)
+        raise CaseError(source, getattr(exc, "key", "solver.integrator"), getattr(exc, "reason", str(exc))) from None
     return mesh, system, ParticleState.create(x, w)
 
 
@@ -99,7 +101,7 @@ class ParticleRun:
     def describe(self) -> str:
         m = self.system.model
         return (f"{self.state.n} particles on {self.mesh.manifold}; {m.kind} beta={m.beta:g}; "
-                f"{self.system.integrator.name}, dt={self.system.dt}, backend {self.system.field.name}")
+                f"{self.system.describe()}, backend {self.system.field.name}")
 
     def advance(self, t_out, on_step):
         self.system.advance(self.state, t_out, on_step)
@@ -116,10 +118,10 @@ class ParticleRun:
             "mass": math.fsum(st.weights),
             "min_density": float(hist.min()),
             "max_density": float(hist.max()),
-            "energy": energy(self.system.model, st.x, st.weights),
+            "energy": diag.run_energy(self.system.model, st.x, st.weights),
             "order_parameter": float(np.linalg.norm(st.weights @ st.x)),
             "n_clusters": int(len(clusters[0])),
-            "max_speed": float(np.sqrt(np.max(np.sum(v**2, axis=1)))),
+            "max_speed": diag.max_speed(v),
             "steps": int(st.steps),
         }
         arrays["steps"] = np.int64(st.steps)
