@@ -12,14 +12,15 @@ sources = the particle positions, weights = the particle weights). A backend wri
 the PDE (direct sums, a spectral transform, an MPI split of the targets) therefore serves
 the particles unchanged.
 
-Integrators (``solver.integrator``), registered in :data:`INTEGRATORS`:
+Integrators (``solver.integrator``), registered in :data:`INTEGRATORS` (docs/particles.md
+has the measurements):
 
-``rk4`` (default)
-    The classical Runge--Kutta method applied to the *radially extended* field
-    ``F(y) = X[mu(y / |y|)](y / |y|)`` (every particle row normalized), followed by the
-    projection ``R(y) = y / |y|`` of every row. Evaluating ``F`` at a stage value is the
-    same as evaluating X at the stage value retracted onto the sphere, so every stage is
-    retracted, ``x <- (x + dx) / |x + dx|``::
+``dopri5`` (default), ``bs32``, ``rk4``: Runge--Kutta with retraction
+    The method is applied to the *radially extended* field ``F(y) = X[mu(y / |y|)](y / |y|)``
+    (every particle row normalized), followed by the projection ``R(y) = y / |y|`` of every
+    row. Evaluating ``F`` at a stage value is the same as evaluating X at the stage value
+    retracted onto the sphere, so every stage is retracted, ``x <- (x + dx) / |x + dx|``;
+    for ``rk4``::
 
         k1 = X(x)
         k2 = X(R(x + dt/2 k1)),  k3 = X(R(x + dt/2 k2)),  k4 = X(R(x + dt k3))
@@ -28,32 +29,53 @@ Integrators (``solver.integrator``), registered in :data:`INTEGRATORS`:
     Why this retraction and not the exponential map ``exp_x(v) = cos|v| x + sin|v| v/|v|``:
     the sphere (product of spheres) is invariant under the flow of ``F`` because ``F`` is
     tangent on it, so this is the *standard projection method* (Hairer, Lubich, Wanner,
-    Geometric Numerical Integration, IV.4): the step before projection is an order-4
+    Geometric Numerical Integration, IV.4): the step before projection is an order-p
     approximation of a flow that stays on the sphere, and the projection moves it by no
-    more than that error. The method keeps order 4, needs no tangent-space bookkeeping
+    more than that error. The method keeps order p, needs no tangent-space bookkeeping
     (stage slopes live in different tangent spaces, which the projection absorbs), works
     in any dimension d, and keeps ``|x_i| = 1`` to round-off. The exponential map would
-    change nothing at order 4 (the two retractions agree to O(|v|^3)).
+    change nothing at these orders (the two retractions agree to O(|v|^3)).
+
+    ``dopri5`` (Dormand--Prince 5(4)) and ``bs32`` (Bogacki--Shampine 3(2)) are embedded
+    pairs with the FSAL property (scipy's RK45 and RK23 tableaus), error controlled as in
+    ``solve_ivp``: the size of the estimate ``err`` (its tangential part at the new point)
+    is the RMS over all coordinates of ``err / (atol + rtol max(|x|, |x_new|))``; a step
+    of size <= 1 is accepted and the next is ``h min(10, 0.9 size^(-1/(q+1)))`` (q the
+    estimate's order; no growth right after a rejection), a larger one is retried with
+    ``h max(0.2, 0.9 size^(-1/(q+1)))``. The first trial step is the automatic step below,
+    taken afresh at every output time (so a restart from a snapshot takes the steps of the
+    uninterrupted run); a fixed ``dt`` is refused (:class:`ParticleSettingError` naming
+    ``solver.dt``); a step below 10 ulp(t) raises :class:`StalledRunError`.
 ``euler``
-    Explicit Euler followed by renormalization, ``x <- (x + dt X(x)) / |x + dt X(x)|``
-    (first order), for reproducing the figures of the authors' public scripts
-    (github.com/borjanG/2023-transformers-rotf, ``sphere.py``: n = 64, dt = 0.1). Those
-    scripts step with the *unprojected* softmax average ``v`` (``x + dt v``, then
-    normalize); since ``x + dt v = (1 + dt <x, v>) x + dt P_x v``, that is this scheme with
-    the per-particle step ``dt / (1 + dt <x, v>)``: the two agree to O(dt^2) per step (the
-    same first-order method, not bit for bit; the field interface returns ``P_x v`` only).
+    The authors' update, bit for bit (github.com/borjanG/2023-transformers-rotf,
+    ``sphere.py``): ``x <- (x + dt A(x)) / |x + dt A(x)|`` with ``A`` the attention average
+    *before* the projection (``field(x, x, w, project=False)``; a backend without it is
+    refused). First order: ``x + dt A = (1 + dt <x, A>) x + dt P_x A``, the projected Euler
+    step with the per-particle step ``dt / (1 + dt <x, A>)``.
+``euler_tangent``
+    Explicit Euler with the projected field, ``x <- (x + dt X(x)) / |x + dt X(x)|``.
 
-Time step (``solver.dt``): a fixed number, or ``"auto"``::
+Time step (``solver.dt``) of ``rk4`` and the Euler schemes: a fixed number, or ``"auto"``
+(also the first trial step of the error-controlled ones)::
 
-    dt = min(dt_max, rate_cfl / sigma_max, cfl * ell / v_max)
+    dt = min(dt_max, rate_cfl / max(sigma_max, lambda_loc), cfl * ell / v_max)
 
 * ``sigma_max`` (:meth:`AttentionModel.rate_bound`) is the interaction rate of the model
   (the largest linear growth rate about the uniform state, or its estimate for general
   ``Q, K, V``): the same bound the PDE solver uses, it keeps ``dt`` a fixed fraction of
-  the time scale of cluster formation and of the contraction inside a cluster;
+  the time scale of cluster formation;
+* ``lambda_loc = max_i |A(x_i)|`` (:meth:`ParticleSystem.local_rate`, where the backend
+  takes ``project=False``) is the contraction rate of a collapsed cluster (USA with
+  ``V = I``: ``m e^beta`` for mass m), which ``sigma_max`` underestimates by orders of
+  magnitude at large beta;
 * the "CFL" term: no particle moves by more than ``cfl`` times the interaction length
   ``ell = min(1, 1 / sqrt(||beta Q^T K||_2))`` (the angular width of the kernel
   ``exp(beta <x, y>)``) in one step; ``v_max = max_i |X(x_i)|``.
+
+Speeds are measured without squares (no overflow); a step that is not finite and > 0, or
+that does not move ``t``, raises :class:`StalledRunError` (non-finite speeds:
+:class:`NonFiniteStateError`), and so does a run whose predicted step count exceeds
+``max_steps``.
 
 Steps never pass an output time: the step before ``t_target`` is shortened to land on it
 exactly (a fixed step is otherwise kept; a remainder within ``1e-9 dt`` of a step is
@@ -69,6 +91,7 @@ backend splits the targets of each ``field(x, x, w)`` call and returns the full 
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -76,17 +99,23 @@ from typing import Callable
 import numpy as np
 
 from .attention import AttentionField, AttentionModel
-from .timestepping import NonFiniteStateError, Stepper
+from .timestepping import NonFiniteStateError, StalledRunError, Stepper
 
 __all__ = [
     "INTEGRATORS",
     "ParticleIntegrator",
+    "ParticleSettingError",
     "ParticleState",
     "ParticleSystem",
     "evolve",
+    "max_row_norm",
     "register_integrator",
     "retract",
 ]
+
+
+#: What to change when the automatic step cannot advance (the field is too large).
+_FIX = "for USA at large beta use model.shift = true (a rescaling of time), SA, or a smaller beta"
 
 
 def retract(y: np.ndarray) -> np.ndarray:
@@ -96,29 +125,72 @@ def retract(y: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ParticleIntegrator:
-    """A one-step method ``step(rhs, x, dt, v0) -> x_new`` on the product of spheres.
+    """A one-step method on the product of spheres.
 
-    ``rhs(x) -> (n, d)`` is the field at the positions ``x`` (rows on the sphere); ``v0``
-    is ``rhs(x)``, already computed by the caller to choose ``dt``.
+    Fixed-step methods: ``step(rhs, x, dt, v0) -> x_new``. ``rhs(x) -> (n, d)`` is the
+    field at the positions ``x`` (rows on the sphere); ``v0`` is ``rhs(x)``, already
+    computed by the caller to choose ``dt`` (for an ``unprojected`` method: the attention
+    average ``field(x, x, w, project=False)`` at ``x`` instead).
+
+    Error-controlled (embedded) methods, ``error_order`` set: ``step(rhs, x, dt, v0) ->
+    (x_new, v_new, err)`` with ``v_new = rhs(x_new)`` (first same as last: the next step's
+    ``v0``) and ``err (n, d)`` the difference of the two embedded solutions (before the
+    retraction); the caller measures it and accepts or retries (:class:`ParticleSystem`).
     """
 
     name: str
     order: int
     step: Callable
+    #: order of the embedded error estimate (``None``: a fixed-step method).
+    error_order: int | None = None
+    #: steps with the attention average before the projection ``P_x`` (the authors' Euler).
+    unprojected: bool = False
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the method controls its step by an embedded error estimate."""
+        return self.error_order is not None
 
 
 #: name -> :class:`ParticleIntegrator`.
 INTEGRATORS: dict[str, ParticleIntegrator] = {}
 
 
-def register_integrator(name: str, order: int):
-    """Register ``fn(rhs, x, dt, v0) -> x_new`` as the integrator ``name`` of order ``order``."""
+def register_integrator(name: str, order: int, error_order: int | None = None, unprojected: bool = False):
+    """Register ``fn`` (see :class:`ParticleIntegrator`) as the integrator ``name`` of order ``order``."""
 
     def deco(fn):
-        INTEGRATORS[name] = ParticleIntegrator(name, order, fn)
+        INTEGRATORS[name] = ParticleIntegrator(name, order, fn, error_order, unprojected)
         return fn
 
     return deco
+
+
+def _combine(coeffs, ks):
+    """``sum_j coeffs[j] ks[j]`` over the nonzero coefficients."""
+    out = None
+    for c, k in zip(coeffs, ks):
+        if c:
+            out = c * k if out is None else out + c * k
+    return out
+
+
+def _embedded(a, b, e):
+    """The step of an explicit embedded Runge--Kutta pair with the FSAL property, applied to
+    the radially extended field: stage matrix ``a`` (rows 1..s-1), weights ``b`` of the
+    propagated solution, error weights ``e`` (s + 1 of them: the last one multiplies the
+    slope at the new point). Every stage value is retracted before the field is evaluated
+    there, and so is the result."""
+
+    def step(rhs, x, dt, v0):
+        ks = [v0]
+        for row in a:
+            ks.append(rhs(retract(x + dt * _combine(row, ks))))
+        x_new = retract(x + dt * _combine(b, ks))
+        ks.append(rhs(x_new))
+        return x_new, ks[-1], dt * _combine(e, ks)
+
+    return step
 
 
 @register_integrator("rk4", order=4)
@@ -130,9 +202,40 @@ def _rk4(rhs, x, dt, v0):
     return retract(x + (dt / 6.0) * (k1 + 2.0 * (k2 + k3) + k4))
 
 
-@register_integrator("euler", order=1)
-def _euler(rhs, x, dt, v0):
+@register_integrator("euler", order=1, unprojected=True)
+def _euler(rhs, x, dt, a0):
+    # the authors' update: z + dt * (attention average), then every row divided by its norm
+    return retract(x + dt * a0)
+
+
+@register_integrator("euler_tangent", order=1)
+def _euler_tangent(rhs, x, dt, v0):
     return retract(x + dt * v0)
+
+
+#: Dormand--Prince 5(4) (the tableau of scipy's RK45): 7 stages, the 7th at the new point.
+_DOPRI5 = _embedded(
+    a=((1 / 5,),
+       (3 / 40, 9 / 40),
+       (44 / 45, -56 / 15, 32 / 9),
+       (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+       (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656)),
+    b=(35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+    e=(-71 / 57600, 0.0, 71 / 16695, -71 / 1920, 17253 / 339200, -22 / 525, 1 / 40),
+)
+#: Bogacki--Shampine 3(2) (scipy's RK23): 4 stages, the 4th at the new point.
+_BS32 = _embedded(
+    a=((1 / 2,), (0.0, 3 / 4)),
+    b=(2 / 9, 1 / 3, 4 / 9),
+    e=(5 / 72, -1 / 12, -1 / 9, 1 / 8),
+)
+register_integrator("dopri5", order=5, error_order=4)(_DOPRI5)
+register_integrator("bs32", order=3, error_order=2)(_BS32)
+
+#: Step-size controller of the error-controlled integrators (those of scipy's solve_ivp):
+#: the step is multiplied by ``SAFETY * err^(-1 / (error_order + 1))``, within
+#: ``[MIN_FACTOR, MAX_FACTOR]`` (no growth right after a rejected step).
+SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 
 
 @dataclass
@@ -187,23 +290,75 @@ def _interaction_length(model: AttentionModel) -> float:
     return 1.0 if a <= 1.0 else 1.0 / math.sqrt(a)
 
 
+def max_row_norm(v: np.ndarray) -> float:
+    """``max_i |v_i|`` without squaring (no overflow for entries up to the largest double;
+    ``inf`` for an infinite entry, ``nan`` for a nan)."""
+    if v.size == 0:
+        return 0.0
+    with np.errstate(over="ignore"):
+        return float(np.max(np.hypot.reduce(v, axis=1)))
+
+
+def _takes_project(field) -> bool:
+    """Whether ``field(x, y, w, project=False)`` is accepted (a wrapper's inner field too)."""
+    seen = 0
+    while field is not None and seen < 8:
+        try:
+            params = inspect.signature(field.__call__).parameters
+        except (TypeError, ValueError):
+            return False
+        if "project" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return False
+        inner = getattr(field, "field", None)
+        field = inner if hasattr(inner, "model") and callable(inner) else None
+        seen += 1
+    return True
+
+
+class ParticleSettingError(ValueError):
+    """Settings of a :class:`ParticleSystem` that cannot work together; ``key`` is the case
+    key to change (``solver.dt``, ``solver.backend``, ...), ``reason`` says why."""
+
+    def __init__(self, key: str, reason: str):
+        self.key, self.reason = key, reason
+        super().__init__(f"{key}: {reason}")
+
+
 class ParticleSystem(Stepper):
     """Evolve a :class:`ParticleState` with an attention-field backend.
 
     Parameters
     ----------
     field : AttentionField
-        Backend, called as ``field(x, x, w)``; its ``model`` sets the automatic step.
-    integrator : str
-        Key of :data:`INTEGRATORS` (``"rk4"`` or ``"euler"``).
+        Backend, called as ``field(x, x, w)`` (and ``field(x, x, w, project=False)`` for the
+        authors' Euler and for the local rate of the automatic step, where it takes it);
+        its ``model`` sets the automatic step.
+    integrator : str or None
+        Key of :data:`INTEGRATORS`: ``"dopri5"``, ``"bs32"`` (error controlled), ``"rk4"``,
+        ``"euler"`` (the authors' scheme), ``"euler_tangent"``. ``None``: ``"dopri5"`` when
+        ``dt`` is ``"auto"``, ``"rk4"`` for a fixed ``dt`` (a case file always names one:
+        ``solver.integrator``, default ``"dopri5"``).
     dt : float or "auto"
-        Fixed step, or the automatic step of the module docstring.
+        Fixed step, or the automatic step of the module docstring. The error-controlled
+        integrators choose their steps themselves and refuse a number.
     cfl, rate_cfl, dt_max : float
-        Bounds of the automatic step (``dt_max`` also caps a fixed step).
+        Bounds of the automatic step (``dt_max`` also caps a fixed step and the steps of the
+        error-controlled integrators).
+    rtol, atol : float
+        Tolerances of the error-controlled integrators (solve_ivp's convention).
+    max_steps : int or None
+        Stop with :class:`StalledRunError` once the steps done plus those predicted from the
+        current step to ``t_end`` (or to the step's ``t_limit`` when ``t_end`` is not given)
+        exceed this (``None``: no limit).
+    t_end : float or None
+        Final time of the run, for the prediction of ``max_steps``.
     """
 
-    def __init__(self, field: AttentionField, integrator: str = "rk4", dt="auto", cfl: float = 0.4,
-                 rate_cfl: float = 0.1, dt_max: float = math.inf):
+    def __init__(self, field: AttentionField, integrator: str | None = None, dt="auto", cfl: float = 0.4,
+                 rate_cfl: float = 0.1, dt_max: float = math.inf, rtol: float = 1e-8, atol: float = 1e-10,
+                 max_steps: int | None = 1_000_000, t_end: float | None = None):
+        if integrator is None:
+            integrator = "dopri5" if dt == "auto" else "rk4"
         if integrator not in INTEGRATORS:
             raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(INTEGRATORS)}")
         if dt != "auto":
@@ -215,59 +370,230 @@ class ParticleSystem(Stepper):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not dt_max > 0:
             raise ValueError(f"dt_max must be > 0, got {dt_max!r}")
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if max_steps is not None and not (int(max_steps) == max_steps and max_steps >= 1):
+            raise ValueError(f"max_steps must be an integer >= 1 or None, got {max_steps!r}")
         self.field = field
         self.model: AttentionModel = field.model
         self.integrator = INTEGRATORS[integrator]
+        if self.integrator.adaptive and dt != "auto":
+            raise ParticleSettingError(
+                "solver.dt", f"{dt:g} is a fixed step, but solver.integrator = \"{integrator}\" chooses its own "
+                f"steps from solver.rtol and solver.atol: set solver.dt = \"auto\" (solver.dt_max caps the steps) "
+                f"or take a fixed-step integrator (\"rk4\", \"euler\", \"euler_tangent\")")
+        #: whether the backend returns the attention average before ``P_x`` (``project=False``)
+        self.takes_project = _takes_project(field)
+        if self.integrator.unprojected and not self.takes_project:
+            raise ParticleSettingError(
+                "solver.backend", f"the authors' Euler (solver.integrator = \"{integrator}\") steps with the "
+                f"attention average before the projection, which needs a backend taking project=False "
+                f"(e.g. \"direct\"); backend {getattr(field, 'name', type(field).__name__)!r} does not; "
+                f"or use solver.integrator = \"euler_tangent\"")
         self.dt = dt
         self.cfl = float(cfl)
         self.rate_cfl = float(rate_cfl)
         self.dt_max = float(dt_max)
+        self.rtol, self.atol = float(rtol), float(atol)
+        self.max_steps = None if max_steps is None else int(max_steps)
+        self.t_end = None if t_end is None else float(t_end)
         a = float(np.linalg.norm(self.model.interaction, 2))
         # Modes up to ~4 sqrt(2 beta) cover the fastest-growing one (k ~ sqrt(2 beta)).
         self.rate = self.model.rate_bound(max_mode=max(64, int(4.0 * math.sqrt(2.0 * a)) + 1))
         self.length = _interaction_length(self.model)
+        #: steps rejected by the error control (retried with a smaller step)
+        self.rejected = 0
+        self._h_next = None  # the controller's next trial step (None: from the automatic rule)
+        self._fsal = None  # (x, weights, v, a) of the last accepted step's end point
+
+    def describe(self) -> str:
+        """The integrator and its step settings, in words."""
+        name = self.integrator.name
+        if self.integrator.adaptive:
+            cap = f", dt_max={self.dt_max:g}" if math.isfinite(self.dt_max) else ""
+            return f"{name} (error controlled: rtol={self.rtol:g}, atol={self.atol:g}{cap})"
+        if self.dt == "auto":
+            return f"{name}, automatic step"
+        return f"{name}, dt={self.dt:g}"
 
     def velocity(self, state: ParticleState) -> np.ndarray:
         """The field X[mu_n] at the particles, ``(n, d)``."""
         return self.field(state.x, state.x, state.weights)
 
-    def auto_dt(self, v: np.ndarray) -> float:
-        """The automatic step for the velocities ``v (n, d)`` (without ``dt_max``)."""
-        vmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", v, v)))) if v.size else 0.0
-        dt = self.rate_cfl / self.rate
-        if vmax > 0:
-            dt = min(dt, self.cfl * self.length / vmax)
-        return dt
+    def _evaluate(self, x: np.ndarray, w: np.ndarray, average: bool):
+        """``(v, a)``: the field at ``x`` and, when ``average`` and the backend can, the
+        attention average before ``P_x`` (else ``None``)."""
+        if average and self.takes_project:
+            try:
+                a = self.field(x, x, w, project=False)
+            except TypeError as exc:
+                if "project" not in str(exc):
+                    raise
+                raise ParticleSettingError("solver.backend", f"the backend does not take project=False ({exc}); "
+                                           "use \"direct\"") from None
+            v = a - np.einsum("ij,ij->i", a, x)[:, None] * x
+            return v, a
+        return self.field(x, x, w), None
+
+    def local_rate(self, a: np.ndarray) -> float:
+        """The rate of the state ``max_i |a_i|``, ``a`` the attention average before ``P_x``.
+
+        For USA with ``V = I`` this is the contraction rate of a cluster collapsed to a
+        point (mass m: ``m e^beta``, or ``m`` with ``model.shift``); ``|a_i| <= ||V||`` for SA.
+        """
+        return max_row_norm(a)
+
+    def auto_dt(self, v: np.ndarray, a: np.ndarray | None = None) -> float:
+        """The automatic step for the velocities ``v (n, d)`` (without ``dt_max``); with the
+        attention averages ``a`` also bounded by the local rate (:meth:`local_rate`).
+
+        Overflow safe (no squares of speeds); a step that is not a finite number > 0
+        raises :class:`StalledRunError` (or :class:`NonFiniteStateError` for non-finite
+        speeds) with the reason."""
+        return self._auto_rule(v, a)[0]
+
+    def _auto_rule(self, v, a):
+        """``(dt, what sets it)``: ``"rate"`` (``rate_cfl`` over the larger of the rate bound
+        and the local rate) or ``"cfl"``."""
+        vmax = max_row_norm(v)
+        local = self.local_rate(a) if a is not None else 0.0
+        rate = max(self.rate, local)
+        if not (math.isfinite(vmax) and math.isfinite(rate)):
+            raise NonFiniteStateError(f"the particle speeds are not finite (max |v| = {vmax:.3g}, max |a| = "
+                                      f"{local:.3g}, rate bound {self.rate:.3g}): the field overflowed; {_FIX}")
+        dt, what = self.rate_cfl / rate, "rate"
+        if vmax > 0 and self.cfl * self.length / vmax < dt:
+            dt, what = self.cfl * self.length / vmax, "cfl"
+        if not (dt > 0 and math.isfinite(dt)):
+            raise StalledRunError(f"the automatic step is {dt:.3g} (speeds up to {vmax:.3g}, rate {rate:.3g}): "
+                                  f"the run cannot advance; {_FIX}")
+        return dt, what
+
+    def proposed_step(self, state: ParticleState) -> tuple[float, str]:
+        """``(dt, what sets it)`` of the next step from ``state`` (before it is shortened
+        to land on an output time): ``"dt"`` (a fixed ``solver.dt``), ``"dt_max"``,
+        ``"rate"`` or ``"cfl"`` (the automatic rule; for the error-controlled integrators
+        the first trial step, which the error control then adapts)."""
+        if self.dt != "auto":
+            return (self.dt, "dt") if self.dt <= self.dt_max else (self.dt_max, "dt_max")
+        v, a = self._evaluate(state.x, state.weights, True)
+        dt, what = self._auto_rule(v, a)
+        return (dt, what) if dt <= self.dt_max else (self.dt_max, "dt_max")
+
+    def _check_step(self, state, dt: float, t_limit: float, budget: bool = True) -> None:
+        """Refuse a step that is not finite and > 0 or that would not move ``state.t``, and
+        (``budget``) one whose predicted step count exceeds ``max_steps``."""
+        if not (dt > 0 and math.isfinite(dt)) or state.t + dt == state.t:
+            raise StalledRunError(f"t={state.t:.6g}: the step {dt:.3g} does not advance the time; {_FIX}")
+        t_final = self.t_end if self.t_end is not None else t_limit
+        if budget and self.max_steps is not None and math.isfinite(t_final):
+            predicted = state.steps + (t_final - state.t) / dt
+            if predicted > self.max_steps:
+                raise StalledRunError(
+                    f"t={state.t:.6g}: steps of {dt:.3g} need about {predicted:.3g} steps to t = {t_final:g}, more "
+                    f"than solver.max_steps = {self.max_steps}; raise solver.max_steps, shorten solver.t_end, or "
+                    f"{_FIX}")
 
     def step(self, state: ParticleState, t_limit: float = math.inf) -> float:
         """Advance ``state`` in place by one step not passing ``t_limit``; returns the step."""
         w = state.weights
         if state.x.shape[1] != self.model.d:
             raise ValueError(f"particles live in R^{state.x.shape[1]} but the model is for d = {self.model.d}")
+        integ = self.integrator
+        average = integ.unprojected or self.dt == "auto" or integ.adaptive
+        last = {}
 
         def rhs(x):
-            return self.field(x, x, w)
+            v, a = self._evaluate(x, w, average)
+            last["x"], last["a"] = x, a
+            return v
 
-        v0 = rhs(state.x)
-        dt = self.auto_dt(v0) if self.dt == "auto" else self.dt
+        fsal = self._fsal
+        if fsal is not None and fsal[0] is state.x and fsal[1] is w:
+            v0, a0 = fsal[2], fsal[3]
+        else:
+            v0, a0 = self._evaluate(state.x, w, average)
+        self._fsal = None
+        if integ.adaptive:
+            return self._adaptive_step(state, t_limit, rhs, last, v0, a0)
+        dt = self.auto_dt(v0, a0) if self.dt == "auto" else self.dt
         dt = min(dt, self.dt_max)
         dt = self.clip_step(state.t, dt, t_limit)
-        x = self.integrator.step(rhs, state.x, dt, v0)
+        self._check_step(state, dt, t_limit)
+        x = integ.step(rhs, state.x, dt, a0 if integ.unprojected else v0)
         if not np.all(np.isfinite(x)):
             raise NonFiniteStateError(f"t={state.t + dt:.6g}: a particle position became non-finite")
         state.x = x
         self.finish_step(state, dt, t_limit)
         return dt
 
+    def error_norm(self, x: np.ndarray, x_new: np.ndarray, err: np.ndarray) -> float:
+        """solve_ivp's error measure: the RMS over all coordinates of
+        ``err / (atol + rtol max(|x|, |x_new|))``, with ``err`` the tangential part at
+        ``x_new`` of the embedded difference (what the retraction leaves of it)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            err = err - np.einsum("ij,ij->i", err, x_new)[:, None] * x_new
+            scale = self.atol + self.rtol * np.maximum(np.abs(x), np.abs(x_new))
+            return float(np.sqrt(np.mean(np.square(err / scale))))
+
+    def _adaptive_step(self, state, t_limit, rhs, last, v0, a0) -> float:
+        integ = self.integrator
+        exponent = -1.0 / (integ.error_order + 1)
+        h_trial = self._h_next if self._h_next is not None else self.auto_dt(v0, a0)
+        h_trial = min(h_trial, self.dt_max)
+        floor = 10.0 * float(np.spacing(abs(state.t)))  # solve_ivp's smallest step
+        rejected, finite = False, True
+        while True:
+            h = self.clip_step(state.t, h_trial, t_limit)
+            if not h > floor and h != t_limit - state.t:
+                if not finite:
+                    raise NonFiniteStateError(
+                        f"t={state.t:.6g}: the step's stages were non-finite at every step size down to {floor:.3g}")
+                raise StalledRunError(
+                    f"t={state.t:.6g}: the error control needs steps below {floor:.3g} (step underflow at "
+                    f"solver.rtol = {self.rtol:g}, solver.atol = {self.atol:g}); raise solver.rtol/solver.atol "
+                    f"(they must stay well above the round-off, 1e-16 relative)")
+            self._check_step(state, h, t_limit, budget=False)
+            with np.errstate(over="ignore", invalid="ignore"):  # a non-finite trial is rejected below
+                x_new, v_new, err = integ.step(rhs, state.x, h, v0)
+                norm = self.error_norm(state.x, x_new, err)
+            finite = math.isfinite(norm) and bool(np.all(np.isfinite(x_new)))
+            if finite and norm <= 1.0:
+                break
+            # rejected: retry with a smaller step
+            self.rejected += 1
+            rejected = True
+            factor = MIN_FACTOR if not finite else max(MIN_FACTOR, SAFETY * norm ** exponent)
+            h_trial = h * factor
+        a_new = last.get("a") if last.get("x") is x_new else None
+        ideal = math.inf if norm == 0.0 else SAFETY * norm ** exponent
+        factor = min(MAX_FACTOR, ideal)
+        if rejected:
+            factor = min(1.0, factor)
+        h_next = h * factor
+        landed = h == t_limit - state.t
+        state.x = x_new
+        self.finish_step(state, h, t_limit)
+        self._fsal = (x_new, state.weights, v_new, a_new)
+        # Every output time starts the controller afresh from the automatic rule, so that a
+        # run restarted from a snapshot takes the same steps as the uninterrupted run.
+        self._h_next = None if landed else h_next
+        if not landed:
+            self._check_step(state, h_next, t_limit)
+        return h
 
 
-def evolve(field: AttentionField, points, t_end: float, weights=None, *, integrator: str = "rk4", dt="auto",
-           cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, t0: float = 0.0,
-           callback=None) -> ParticleState:
+
+def evolve(field: AttentionField, points, t_end: float, weights=None, *, integrator: str | None = None, dt="auto",
+           cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, rtol: float = 1e-8,
+           atol: float = 1e-10, max_steps: int | None = 1_000_000, t0: float = 0.0, callback=None) -> ParticleState:
     """Evolve particles from ``points (n, d)`` (weights default ``1/n``) to ``t_end``.
 
-    ``callback(state, dt)`` is called after every step (``state`` is updated in place;
-    copy ``state.x`` to keep it). Returns the final :class:`ParticleState`.
+    ``integrator=None``: ``"dopri5"`` with ``dt="auto"``, ``"rk4"`` with a fixed ``dt``
+    (see :class:`ParticleSystem`). ``callback(state, dt)`` is called after every step
+    (``state`` is updated in place; copy ``state.x`` to keep it). Returns the final
+    :class:`ParticleState`.
 
     >>> import numpy as np, meanfield as mf
     >>> from meanfield.particles import evolve
@@ -278,5 +604,6 @@ def evolve(field: AttentionField, points, t_end: float, weights=None, *, integra
     True
     """
     state = ParticleState.create(points, weights, t=t0)
-    system = ParticleSystem(field, integrator=integrator, dt=dt, cfl=cfl, rate_cfl=rate_cfl, dt_max=dt_max)
+    system = ParticleSystem(field, integrator=integrator, dt=dt, cfl=cfl, rate_cfl=rate_cfl, dt_max=dt_max,
+                            rtol=rtol, atol=atol, max_steps=max_steps, t_end=t_end)
     return system.advance(state, float(t_end), callback)
