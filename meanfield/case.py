@@ -260,7 +260,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                "third order, coefficient 2: steps twice as long for 4/3 the work), `\"ssprk2\"`, "
                                "`\"euler\"`."),
         "rate_cfl": Key(real(0.0, 1.0, lo_open=True), 0.1, "step bound dt <= rate_cfl / sigma_max, sigma_max the interaction rate."),
-        "dt": Key(dt_value, "auto", "particles: fixed step, or `\"auto\"`."),
+        "dt": Key(dt_value, "auto", "particles: fixed step (`rk4`, `euler`, `euler_tangent`), or `\"auto\"` (the "
+                  "automatic rule; the only value for the error-controlled `dopri5` and `bs32`, whose first trial step "
+                  "it gives)."),
         "dt_max": Key(real(0.0, lo_open=True, allow_inf=True), math.inf, "cap on adaptive steps (inf: no cap)."),
         "integrator": Key(choice("dopri5", "bs32", "rk4", "euler", "euler_tangent"), "dopri5",
                           "particles: `\"dopri5\"` (Dormand--Prince 5(4), error controlled by `rtol`/`atol`), "

@@ -167,7 +167,8 @@ class ParticleRun:
         return {"t": np.float64(self.state.t), "points": self.state.x.copy(), "masses": self.state.weights.copy()}
 
     def summary(self) -> str:
-        return f"{self.state.steps} steps"
+        rejected = getattr(self.system, "rejected", 0)
+        return f"{self.state.steps} steps" + (f" ({rejected} rejected by the error control)" if rejected else "")
 
     def check_health(self) -> None:
         """After every step (:mod:`meanfield.health`): finite positions on the sphere."""
@@ -191,6 +192,17 @@ class ParticleRun:
         v = system.velocity(self.state)
         dt = system.auto_dt(v)
         return (min(dt, system.dt_max), "dt_max" if system.dt_max < dt else "rate")
+
+    #: What sets the first particle step -> (the key to name, what to change).
+    STEP_BOUND_ADVICE = {
+        "rate": ("model.beta", "a smaller beta (the step is rate_cfl over the interaction rate), or raise "
+                 "solver.max_steps"),
+        "cfl": ("solver.cfl", "a larger solver.cfl (no particle moves more than cfl kernel widths per step), or "
+                "raise solver.max_steps"),
+        "dt_max": ("solver.dt_max", "a larger solver.dt_max, or raise solver.max_steps"),
+        "dt": ("solver.dt", "a larger solver.dt, or raise solver.max_steps"),
+        "error": ("solver.rtol", "a looser solver.rtol/solver.atol, or raise solver.max_steps"),
+    }
 
     def stall_hint(self) -> str:
         return ("the particle step follows the fastest contraction (a collapsing cluster under USA): a smaller beta, "

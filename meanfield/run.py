@@ -404,7 +404,8 @@ def _refuse_hopeless(run, case: dict, source) -> None:
     run.predicted_steps, run.first_dt, run.first_bound = need, dt0, bound
     if need <= limit:
         return
-    key, advice = STEP_BOUND_ADVICE.get(bound, ("solver.max_steps", "raise solver.max_steps"))
+    table = getattr(run, "STEP_BOUND_ADVICE", STEP_BOUND_ADVICE)
+    key, advice = table.get(bound, ("solver.max_steps", "raise solver.max_steps"))
     if bound == "rate" and case["model"]["kind"] == "USA" and not case["model"]["shift"]:
         advice = ("USA's interaction rate grows like e^beta: use the shifted kernel (model.shift = true), "
                   "a smaller beta, or model.kind = \"SA\"")
@@ -513,9 +514,10 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     log.info("%s: %s; t_end=%g, %d snapshots%s", label, run.describe(), times[-1], len(times),
              f" -> {out_dir}" if out_dir is not None else "")
     if getattr(run, "first_dt", None) is not None:
-        log.info("steps: %s to t_end at the step of t = 0 (%.3g, set by %s; more once clusters collapse); "
-                 "limit solver.max_steps = %d", f"{run.predicted_steps:,.0f}", run.first_dt,
-                 STEP_BOUND_NAMES.get(run.first_bound, run.first_bound), case["solver"]["max_steps"])
+        fixed = run.first_bound == "dt"
+        log.info("steps: %s to t_end at the step of t = 0 (%.3g, set by %s%s); limit solver.max_steps = %d",
+                 f"{run.predicted_steps:,.0f}", run.first_dt, STEP_BOUND_NAMES.get(run.first_bound, run.first_bound),
+                 "" if fixed else "; more once clusters collapse", case["solver"]["max_steps"])
     if restart:
         log.info("restart: continuing the run in %s from t = %r (snapshot %d of %d, step %d)%s", restart_from,
                  run.state.t, first - 1, len(times) - 1, run.state.steps,
