@@ -292,7 +292,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "`meanfield compare`: distance (`--metric`), see docs/particles.md."),
     },
     "diagnostics": {
-        "cluster_contrast": Key(real(1.0, lo_open=True), 2.0, "a cluster is a connected region where rho exceeds contrast times the uniform density."),
+        "cluster_contrast": Key(real(1.0, lo_open=True), 2.0, "a cluster is a connected region where rho exceeds contrast "
+                                "times the uniform density (particles: a group heavier than contrast times the uniform "
+                                "mass of a ball of diameter cluster_distance)."),
         "cluster_mass": Key(real(0.0, 1.0), 0.01, "smallest mass of a cluster (PDE and particles; 0: particles count "
                             "every group, as the authors' Gram-rank count does)."),
         "cluster_distance": Key(real(0.0, math.pi, lo_open=True), math.acos(0.999), "particles: a cluster is a group "

@@ -171,3 +171,25 @@ def test_cluster_distance_key():
     for bad in (0.0, -1.0, 4.0, "x"):
         with pytest.raises(CaseError, match="diagnostics.cluster_distance"):
             resolve_case({**base, "diagnostics": {"cluster_distance": bad}})
+
+
+@pytest.mark.parametrize("n", [2000, 20000])
+def test_uniform_circle_sample_has_no_cluster(n):
+    """Groups of a uniform sample on the circle hold ~n delta / 2 pi tokens; at n = 2000
+    (14 per group) many reach cluster_mass = 0.01 by chance (19 without the contrast rule),
+    but none reaches twice the uniform mass of a delta-ball."""
+    rng = np.random.default_rng(5)
+    theta = rng.uniform(0, 2 * np.pi, n)
+    x = np.c_[np.cos(theta), np.sin(theta)]
+    w = np.full(n, 1.0 / n)
+    crit = diag.ClusterCriterion()
+    assert diag.find_particle_clusters(x, w, crit)[0].size == 0
+    masses = diag.find_particle_clusters(x, w, diag.ClusterCriterion(mass=0.0))[0]  # every group
+    if n == 2000:
+        assert np.sum(masses >= 0.01) >= 10  # by cluster_mass alone, chance groups would count
+    # two tight clusters among the uniform tokens are found
+    y = np.r_[x, np.tile([[1.0, 0.0]], (n // 10, 1)), np.tile([[0.0, -1.0]], (n // 10, 1))]
+    masses, centers = diag.find_particle_clusters(y, np.full(len(y), 1.0 / len(y)), crit)
+    assert masses.size == 2 and np.allclose(np.sort(masses), [1 / 12 + 0.005] * 2, atol=0.01)
+    assert diag.uniform_ball_mass(crit.distance, 2) == pytest.approx(crit.distance / (2 * math.pi), rel=1e-12)
+    assert diag.uniform_ball_mass(crit.distance, 3) == pytest.approx((1 - math.cos(crit.distance / 2)) / 2, rel=1e-9)
