@@ -1,11 +1,14 @@
-"""Runs under ``mpiexec`` with 2 and 3 ranks give the serial results (target split of the field)."""
+"""Runs under ``mpiexec`` with 2 and 3 ranks give the serial results, and split the work:
+each rank evaluates the attention field at its own share of the targets (edge points,
+cell centres, particles) and sums only its share of the sources into spectral
+coefficients, counted in the backends themselves (``_count_field.py``)."""
 
 import time
 
 import numpy as np
 import pytest
 
-from _helpers import MEANFIELD, MPIEXEC, launch
+from _helpers import MEANFIELD, MPIEXEC, launch, launch_counted
 
 pytestmark = pytest.mark.mpi
 
@@ -65,6 +68,24 @@ def user_mesh(tmp_path):
     return path
 
 
+def assert_split(serial, parallel, ranks, overlap=1.2, sources=False):
+    """Every rank made the serial run's field evaluations (same steps and stages), each at
+    about its share of the serial targets and no more: ``share <= overlap * total / ranks``
+    (the edges on a share's boundary are evaluated by both sides), all together at least
+    the serial total. With ``sources``: the spectral coefficient sums split exactly."""
+    (total, calls, summed), = serial.values()
+    assert sorted(parallel) == list(range(ranks)), parallel
+    assert total > 0 and calls > 0
+    for rank, (targets, rank_calls, rank_summed) in parallel.items():
+        assert rank_calls == calls, (rank, rank_calls, calls)
+        assert targets <= overlap * total / ranks, (rank, targets, total)
+        if sources:
+            assert rank_summed <= total and abs(rank_summed - summed / ranks) <= calls, (rank, rank_summed, summed)
+    assert total <= sum(t for t, _, _ in parallel.values()) <= overlap * total
+    if sources:
+        assert summed > 0 and sum(s for _, _, s in parallel.values()) == summed
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 @pytest.mark.parametrize("manifold, backend", [("circle", "direct"), ("circle", "spectral"),
                                                ("sphere", "direct"), ("sphere", "spectral"), ("user", "direct")])
@@ -74,9 +95,9 @@ def test_pde_is_independent_of_the_number_of_ranks(tmp_path, ranks, manifold, ba
         text = text.replace('"icosahedral:2"', f'"{user_mesh(tmp_path)}"')
     case = write(tmp_path, "c.toml", text)
     common = ("--set", f'solver.backend="{backend}"', "--quiet")
-    serial = launch(1, "run", case, "--out", tmp_path / "serial", *common)
+    serial, serial_counts = launch_counted(1, "run", case, "--out", tmp_path / "serial", *common)
     assert serial.returncode == 0, serial.stderr
-    par = launch(ranks, "run", case, "--out", tmp_path / "par", *common)
+    par, par_counts = launch_counted(ranks, "run", case, "--out", tmp_path / "par", *common)
     assert par.returncode == 0, par.stderr
     a, b = np.load(tmp_path / "serial" / "final.npz"), np.load(tmp_path / "par" / "final.npz")
     assert float(a["t"]) == float(b["t"])
@@ -85,21 +106,30 @@ def test_pde_is_independent_of_the_number_of_ranks(tmp_path, ranks, manifold, ba
     # rank 0 alone wrote the snapshots: one set, complete
     assert len(list((tmp_path / "par" / "snapshots").glob("*.npz"))) == len(
         list((tmp_path / "serial" / "snapshots").glob("*.npz")))
+    # the work was split: measured largest share / (total / ranks) = 1.01 (circle, 2 and 3
+    # ranks), 1.05 and 1.15 (icosahedral level 2, 2 and 3 ranks), 1.05 and 1.15 (user mesh)
+    assert_split(serial_counts, par_counts, ranks, sources=backend == "spectral")
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_particles_and_compare_are_independent_of_the_number_of_ranks(tmp_path, ranks):
     case = write(tmp_path, "c.toml", CIRCLE)
+    counts = {}
     for label, cmd in (("p", ("particles", case, "--n", 300, "--seed", 3)),
                        ("c", ("compare", case, "--particles", "64,256", "--seeds", 2))):
-        serial = launch(1, *cmd, "--out", tmp_path / f"{label}1", "--quiet")
-        par = launch(ranks, *cmd, "--out", tmp_path / f"{label}{ranks}", "--quiet")
+        serial, counts[label, 1] = launch_counted(1, *cmd, "--out", tmp_path / f"{label}1", "--quiet")
+        par, counts[label, ranks] = launch_counted(ranks, *cmd, "--out", tmp_path / f"{label}{ranks}", "--quiet")
         assert serial.returncode == 0 and par.returncode == 0, (serial.stderr, par.stderr)
     a, b = np.load(tmp_path / "p1" / "final.npz"), np.load(tmp_path / f"p{ranks}" / "final.npz")
     assert np.max(np.abs(a["points"] - b["points"])) <= 1e-12
     rows = [np.genfromtxt(tmp_path / f"c{r}" / "compare.csv", delimiter=",", names=True, dtype=None, encoding=None)
             for r in (1, ranks)]
     assert np.allclose(rows[0]["distance"], rows[1]["distance"], rtol=0, atol=1e-12)
+    # particles: each rank evaluates the field at its contiguous share of the 300 particles
+    # and nothing else (no overlap: exactly total / ranks); compare: the PDE's edges and the
+    # particles (measured largest share 1.01 .. 1.02 of total / ranks)
+    assert_split(counts["p", 1], counts["p", ranks], ranks, overlap=1.0)
+    assert_split(counts["c", 1], counts["c", ranks], ranks, overlap=1.05)
 
 
 def test_invalid_input_under_mpiexec_exits_2_with_one_line(tmp_path):
@@ -121,10 +151,11 @@ def test_a_failure_on_one_rank_ends_the_job_promptly(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "vtk").write_text("in the way")
-    serial = launch(1, "run", case, "--out", out, "--quiet", timeout=60)
+    # (a directory with a stranger's file in it needs --overwrite)
+    serial = launch(1, "run", case, "--out", out, "--quiet", "--overwrite", timeout=60)
     assert serial.returncode == 1 and "run failed" in serial.stderr
     start = time.perf_counter()
-    p = launch(2, "run", case, "--out", out, "--quiet", timeout=60)
+    p = launch(2, "run", case, "--out", out, "--quiet", "--overwrite", timeout=60)
     assert p.returncode == 1, p.stderr
     assert "run failed on rank 0" in p.stderr and "vtk" in p.stderr
     assert time.perf_counter() - start < 15  # measured about 2 s; a hang would run into the 60 s timeout
