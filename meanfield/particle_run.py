@@ -237,7 +237,7 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from . import plots
 
-        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows)
+        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, shifted=case["model"]["shift"])
         t, x, w = run.snapshots[-1]
         plots.plot_particles(Path(out_dir) / "particles.png", mesh, x, w, t=t)
     return run

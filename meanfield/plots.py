@@ -68,14 +68,15 @@ def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     return path
 
 
-def plot_diagnostics(path, rows: list[dict], title: str = "") -> Path:
+def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = False) -> Path:
+    """``shifted``: the energy column is ``exp(-beta c) E_beta`` (``model.shift``)."""
     plt = _pyplot()
     t = np.array([r["t"] for r in rows])
     get = lambda k: np.array([r[k] for r in rows], dtype=float)  # noqa: E731
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     ax = axes[0, 0]
     ax.plot(t, get("energy"), "o-", ms=3)
-    ax.set_ylabel("energy E_β")
+    ax.set_ylabel("shifted energy $e^{-\\beta c} E_\\beta$" if shifted else "energy E_β")
     ax = axes[0, 1]
     ax.plot(t, get("order_parameter"), "o-", ms=3, label="order parameter |∫x dμ|")
     ax.set_ylim(-0.02, 1.02)
@@ -103,9 +104,9 @@ def plot_diagnostics(path, rows: list[dict], title: str = "") -> Path:
     return path
 
 
-def write_run_plots(out_dir, mesh, result) -> list[Path]:
+def write_run_plots(out_dir, mesh, result, shifted: bool = False) -> list[Path]:
     out_dir = Path(out_dir)
-    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows)]
+    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, shifted=shifted)]
     if mesh.manifold == "circle":
         paths.append(plot_spacetime(out_dir / "density.png", mesh, result.snapshots))
     else:

@@ -645,5 +645,5 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from . import plots
 
-        plots.write_run_plots(out_dir, sim.mesh, result)
+        plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"])
     return result
