@@ -39,9 +39,11 @@ wrong and where (triangle, edge and vertex indices).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,7 @@ __all__ = [
     "SphereMesh",
     "icosahedral",
     "icosahedral_arrays",
+    "icosahedral_counts",
     "load_icosahedral",
     "load_icosahedral_arrays",
     "load_mesh",
@@ -63,12 +66,17 @@ __all__ = [
 
 #: Highest level accepted by ``"icosahedral:LEVEL"`` (level 10: 20,971,520 triangles).
 MAX_ICOSAHEDRAL_LEVEL = 10
+#: Generating a level from this one on is logged (level 7: 327,680 triangles, ~0.3 s), and
+#: building the geometry of one from the next (level 8: 1,310,720 triangles, ~10 s, ~3 GB).
+LOG_LEVEL_FROM = 7
 #: Levels shipped in ``meshes/``.
 SHIPPED_LEVELS = range(0, 7)
 #: The shipped mesh files (next to the package in a source checkout).
 MESH_DIR = Path(__file__).resolve().parent.parent / "meshes"
 
 _LIST = 5  # offenders listed in an error message
+
+log = logging.getLogger("meanfield")
 
 
 class MeshError(ValueError):
@@ -641,6 +649,14 @@ def icosahedral_arrays(level: int, base: tuple[np.ndarray, np.ndarray] | None = 
     return v, t.astype(np.int32)
 
 
+def icosahedral_counts(level: int) -> tuple[int, int, int]:
+    """``(triangles, edges, vertices)`` of the icosahedral mesh of ``level``:
+    ``20 * 4**level``, ``30 * 4**level``, ``10 * 4**level + 2`` (nothing is generated; for
+    sizing a run before its mesh exists, :mod:`meanfield.budget`)."""
+    level = _check_level(level)
+    return 20 * 4**level, 30 * 4**level, 10 * 4**level + 2
+
+
 def _cache_dir() -> Path:
     env = os.environ.get("MEANFIELD_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "meanfield"
@@ -682,22 +698,46 @@ def load_icosahedral_arrays(level: int) -> tuple[np.ndarray, np.ndarray]:
     cached = _cache_dir() / name
     got = _read_npz(cached, level)
     if got is not None:
+        log.debug("icosahedral level %d read from the cache %s", level, cached)
         return got
     top = max(SHIPPED_LEVELS)
     base = _read_npz(MESH_DIR / f"icosahedral_{top}.npz", top)
+    loud = level >= LOG_LEVEL_FROM
+    cells, _, vertices = icosahedral_counts(level)
+    if loud:
+        log.info("generating icosahedral level %d (%s cells, %s vertices) from level %d ...", level, f"{cells:,}",
+                 f"{vertices:,}", top if base is not None else 0)
+    start = time.perf_counter()
     v, t = icosahedral_arrays(level, base=base, base_level=top if base is not None else 0)
+    took = time.perf_counter() - start
     try:
         _write_npz_atomic(cached, v, t)
-    except OSError:
-        pass
+    except OSError as exc:
+        if loud:
+            log.info("generated icosahedral level %d in %.2g s; not cached (%s)", level, took, exc)
+        return v, t
+    if loud:
+        try:
+            size = cached.stat().st_size
+        except OSError:
+            size = 0
+        log.info("generated icosahedral level %d in %.2g s; cached in %s (%.0f MB; $MEANFIELD_CACHE sets the "
+                 "folder, deleting the file is safe)", level, took, cached, size / 1e6)
     return v, t
 
 
 def load_icosahedral(level: int, edge_points: int = 1, check: bool = False) -> SphereMesh:
     """The icosahedral mesh of ``level`` (0..10) from the shipped / cached files."""
     v, t = load_icosahedral_arrays(level)
+    loud = level > LOG_LEVEL_FROM
+    if loud:
+        log.info("building the geometry of icosahedral level %d (%s cells, %d edge point%s per edge) ...", level,
+                 f"{t.shape[0]:,}", edge_points, "" if edge_points == 1 else "s")
+        start = time.perf_counter()
     mesh = SphereMesh(v, t, edge_points=edge_points, check=check)
     mesh.icosahedral_level = level
+    if loud:
+        log.info("icosahedral level %d ready in %.2g s", level, time.perf_counter() - start)
     return mesh
 
 
