@@ -7,8 +7,8 @@ problem (cells, edges, flux points, particles, snapshots), the peak memory of th
 its time per step; :func:`describe` is the one log line saying so; :func:`check` refuses
 (:class:`~meanfield.case.CaseError`, exit status 2) a case whose estimate exceeds the
 memory this machine has available (:func:`available_memory`), naming the key to change
-(``domain.cells``, ``domain.mesh``, ``particles.n``, ``compare.particles``) and the largest
-value that fits. ``--max-memory GIB`` (:func:`parse_memory_limit`) sets another limit;
+(``domain.cells``, ``domain.mesh``, ``particles.n``, ``compare.particles``; ``output.every``
+when many kept snapshots make most of the memory) and the largest value that fits. ``--max-memory GIB`` (:func:`parse_memory_limit`) sets another limit;
 ``inf`` disables the check.
 
 The memory model
@@ -119,6 +119,9 @@ _PARTICLE_EVALS = {"dopri5": 6, "bs32": 3, "rk4": 4, "euler": 1, "euler_tangent"
 _PARTICLE_STEP = {2: 20.0, 3: 31.0}
 _PARTICLE_SNAPSHOT = {2: 12.0, 3: 32.0}
 _PARTICLE_SAMPLE = 5.0
+#: Above this many snapshots whose kept arrays make most of the memory, ``output.every`` is
+#: the key to change (the default, t_end / 20, gives 21).
+_MANY_SNAPSHOTS = 50
 #: glibc's largest mmap threshold (bytes): smaller arrays come from the heap, which keeps
 #: freed memory resident.
 _MMAP_THRESHOLD = 32.0 * (1 << 20)
@@ -411,14 +414,16 @@ def _machine_total(phases: dict, ranks: int) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------
 # the estimate
 # ---------------------------------------------------------------------------------------
-def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1, cells: int | None = None) -> Estimate:
+def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1, cells: int | None = None,
+             source="<case>") -> Estimate:
     """The cost and memory of running the resolved ``case`` (:func:`meanfield.case.load_case`).
 
     ``kind``: ``"run"`` (the PDE), ``"particles"`` (``n`` particles, default
     ``particles.n``; the given points for ``initial.kind = "points"``) or ``"compare"``
     (the PDE, then ``compare.particles`` x seeds particle runs and the distances).
     ``ranks``: MPI processes on this machine (each holds the replicated arrays). ``cells``:
-    the cell count of a mesh file when the caller knows it (else the file is read).
+    the cell count of a mesh file when the caller knows it (else the file is read; an
+    unreadable one raises :class:`CaseError` naming ``source`` and ``domain.mesh``).
     Builds nothing but a few scalars; takes milliseconds (a mesh file: its reading; a
     general ``Q, K, V`` on the sphere: the backend's plan, up to a few tenths of a second).
     """
@@ -427,7 +432,10 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
     ranks = max(1, int(ranks))
     manifold = case["domain"]["manifold"]
     d = 2 if manifold == "circle" else 3
-    n_cells, n_edges, q, label = _mesh_size(case, cells)
+    try:
+        n_cells, n_edges, q, label = _mesh_size(case, cells)
+    except ValueError as exc:  # MeshError: a mesh file that cannot be read
+        raise CaseError(source, "domain.mesh", str(exc)) from None
     n_points = n_edges * q  # the field's targets
     snaps = _snapshots(case)
     s = case["solver"]
@@ -436,7 +444,7 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
     circle_spectral = manifold == "circle" and s["scheme"] == "spectral"
     nq = _quadrature_points(manifold, case["initial"].get("quadrature_degree", 8))
 
-    def pde(nc: int) -> tuple[dict, str, float]:
+    def pde(nc: int, snaps: int = snaps) -> tuple[dict, str, float]:
         ne = nc if manifold == "circle" else (3 * nc) // 2
         if circle_spectral:
             name, cost, extra = "Fourier pseudo-spectral", 60.0 * nc * math.log2(max(nc, 2)), 0.0
@@ -446,23 +454,25 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
                              pictures)
         return phases, name, cost
 
-    def particle(nn: int, nc: int, held: float, build: float, files: bool, plots: bool) -> tuple[dict, str, float]:
+    def particle(nn: int, nc: int, held: float, build: float, files: bool, plots: bool,
+                 snaps: int = snaps) -> tuple[dict, str, float]:
         name, cost, extra = _field_choice(model, s["backend"], s["tolerance"], nn, nn)
         return _particle_phases(manifold, nn, d, name, snaps, held, build, extra, files, plots, nc), name, cost
 
-    def phases_for(nc: int, nn: int) -> dict:
-        """Every phase of this kind of run for ``nc`` cells and ``nn`` particles."""
+    def phases_for(nc: int, nn: int, snaps: int = snaps) -> dict:
+        """Every phase of this kind of run for ``nc`` cells, ``nn`` particles and ``snaps``
+        snapshots."""
         mesh = _mesh_bytes(manifold, nc, q, "mesh")
         build = _mesh_bytes(manifold, nc, q, "build")
         if kind == "run":
-            return pde(nc)[0]
+            return pde(nc, snaps)[0]
         if kind == "particles":  # the case's mesh is built for the pictures and VTK files
-            return particle(nn, nc, mesh, build - mesh, True, pictures)[0]
+            return particle(nn, nc, mesh, build - mesh, True, pictures, snaps)[0]
         # compare: the PDE run; then its snapshots (twice) and the mesh (twice: one per
         # particle run) stay while the particle runs and the distances go on
-        out = dict(pde(nc)[0])
+        out = dict(pde(nc, snaps)[0])
         kept = 2.0 * 8.0 * nc * snaps + 2.0 * mesh
-        pp = particle(nn, nc, kept, build - mesh, False, False)[0]
+        pp = particle(nn, nc, kept, build - mesh, False, False, snaps)[0]
         pp["distance"] = _Phase(kept + _transport_bytes(case["compare"]["metric"], manifold, nc, nn)
                                 + (d + 1) * 8.0 * nn * snaps)
         if pictures:
@@ -524,6 +534,9 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
                        f"{limit:.3g}); use \"sinkhorn\" (blockwise), \"sliced\" or \"mmd\", a coarser "
                        f"mesh, or at most {fit:,} particles")
     per_rank, total = _machine_total(phases, ranks)
+    if snaps > _MANY_SNAPSHOTS and total > 2.0 * _machine_total(phases_for(n_cells, n_particles, 2), ranks)[1]:
+        # many snapshots, all kept (the densities for the pictures and compare): the problem
+        key, value = "output.every", case["output"]["every"]
 
     def fits(limit: float):
         """The largest value of ``key`` whose estimate stays within ``limit`` bytes (for
@@ -535,6 +548,9 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
             return max(ok) if ok else None
         if key == "domain.cells":
             return _largest(lambda nc: _machine_total(phases_for(nc, n_particles), ranks)[1], limit, 3)
+        if key == "output.every":  # the smallest interval: from the most snapshots that fit
+            most = _largest(lambda k: _machine_total(phases_for(n_cells, n_particles, k), ranks)[1], limit, 2)
+            return None if most is None else case["solver"]["t_end"] / (most - 1)
         return _largest(lambda nn: _machine_total(phases_for(n_cells, nn), ranks)[1], limit, 1)
 
     return Estimate(kind=kind, manifold=manifold, cells=n_cells, edges=n_edges, edge_points=n_points,
@@ -667,7 +683,9 @@ def _seconds(s: float) -> str:
         return f"{s:.2g} s"
     if s < 7200:
         return f"{s / 60:.2g} min"
-    return f"{s / 3600:.3g} h"
+    if s < 360000:
+        return f"{s / 3600:.3g} h"
+    return f"{s / 3600:,.0f} h"
 
 
 def describe(est: Estimate) -> str:
@@ -686,7 +704,7 @@ def describe(est: Estimate) -> str:
         size = f"{mesh}, {est.edge_points:,} flux points, then up to {est.particles:,} particles"
         time = (f"~{_seconds(est.seconds_per_step)} per PDE step ({est.backend}), "
                 f"~{_seconds(est.particle_seconds_per_step)} per particle step")
-    return (f"estimate: {size}, {est.snapshots} snapshots; memory ~{format_bytes(est.memory)}{ranks}; {time}, "
+    return (f"estimate: {size}, {est.snapshots:,} snapshots; memory ~{format_bytes(est.memory)}{ranks}; {time}, "
             f"~{_seconds(est.seconds_per_snapshot)} per snapshot")
 
 
@@ -720,6 +738,10 @@ def check(est: Estimate, limit_bytes: float | None = None, source="<case>") -> N
             change = "a coarser mesh (no icosahedral level fits)"
         else:
             change = f"a coarser mesh (\"icosahedral:{fit}\" fits; each level down needs about 4 times less)"
+    elif key == "output.every":
+        what = f"{est.particles:,} particles" if est.kind == "particles" else f"{est.cells:,} cells"
+        size = f"{est.value:g} ({est.snapshots:,} snapshots of {what}, every one kept for the pictures) needs"
+        change = "fewer snapshots" + (f" (output.every >= {fit:.3g})" if fit else "")
     else:
         if key == "particles.n":
             size = f"{est.particles:,} particles need"

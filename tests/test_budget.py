@@ -227,3 +227,24 @@ def test_generating_a_large_level_is_logged(tmp_path, monkeypatch, caplog):
         sphere.load_icosahedral_arrays(7)  # from the cache: quiet
     assert "generating" not in caplog.text
     assert sphere.icosahedral_counts(10) == (20_971_520, 31_457_280, 10_485_762)
+
+
+def test_unreadable_mesh_file_is_a_case_error(tmp_path):
+    path = tmp_path / "broken.vtp"
+    path.write_text("not a mesh")
+    case = resolve_case({"domain": {"manifold": "sphere", "mesh": str(path)}})
+    with pytest.raises(CaseError) as info:
+        budget.estimate(case, "run", source="case.toml")
+    assert info.value.key == "domain.mesh" and info.value.source == "case.toml"
+
+
+def test_many_snapshots_name_output_every():
+    case = resolve_case({"domain": {"manifold": "circle", "cells": 100_000}, "solver": {"t_end": 10.0},
+                         "output": {"every": 1e-4}})
+    est = budget.estimate(case, "run")
+    assert est.snapshots == 100_001 and est.key == "output.every"
+    with pytest.raises(CaseError) as info:
+        budget.check(est, 8 * GIB)
+    assert info.value.key == "output.every" and "100,001 snapshots" in info.value.reason
+    larger = resolve_case({**case, "output": {"every": est.fits(8 * GIB)}})
+    budget.check(budget.estimate(larger, "run"), 8 * GIB)
