@@ -94,3 +94,67 @@ def observed_orders(errors) -> np.ndarray:
     """``log2(e[:-1] / e[1:])`` of errors over meshes refined by 2 (in h) each time."""
     e = np.abs(np.asarray(errors, dtype=float))
     return np.log2(e[:-1] / e[1:])
+
+
+# -- exact fields of smooth densities on S^2 (Funk--Hecke), independent of every backend --
+def sphere_grid(n_theta: int = 64, n_phi: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss--Legendre in cos(theta) times the trapezoidal rule in phi: points ``(n, 3)``
+    and weights summing to 4 pi, exact for spherical polynomials of degree below
+    ``min(2 n_theta, n_phi)`` (to round-off for the kernels below: measured 4e-15)."""
+    from numpy.polynomial.legendre import leggauss
+
+    t, wt = leggauss(n_theta)
+    phi = 2 * np.pi * np.arange(n_phi) / n_phi
+    s = np.sqrt(1 - t**2)
+    pts = np.stack([np.outer(s, np.cos(phi)), np.outer(s, np.sin(phi)), np.outer(t, np.ones(n_phi))], axis=-1)
+    return pts.reshape(-1, 3), np.outer(wt, np.full(n_phi, 2 * np.pi / n_phi)).ravel()
+
+
+_B = np.array([0.48, -0.6, 0.64])
+#: ``(degree, p, grad p)`` of homogeneous harmonic polynomials: on the sphere p is a
+#: spherical harmonic of that degree, and ``grad_S p = grad p - l p x`` (Euler).
+HARMONICS = (
+    (1, lambda x: x @ _B, lambda x: np.broadcast_to(_B, x.shape)),
+    (2, lambda x: x[:, 0] * x[:, 1], lambda x: np.stack([x[:, 1], x[:, 0], 0 * x[:, 0]], axis=1)),
+    (3, lambda x: x[:, 0] * x[:, 1] * x[:, 2],
+     lambda x: np.stack([x[:, 1] * x[:, 2], x[:, 0] * x[:, 2], x[:, 0] * x[:, 1]], axis=1)),
+)
+AMPLITUDES = (0.4, 0.8, 1.0)
+
+
+def smooth_density(y: np.ndarray) -> np.ndarray:
+    """``(1 + sum_l a_l p_l(y)) / (4 pi)``: positive, mass 1, degrees 1, 2 and 3."""
+    return (1 + sum(a * p(y) for a, (_, p, _) in zip(AMPLITUDES, HARMONICS))) / (4 * np.pi)
+
+
+def smooth_measure() -> tuple[np.ndarray, np.ndarray]:
+    """:func:`smooth_density` as point masses on :func:`sphere_grid`."""
+    y, w = sphere_grid()
+    return y, w * smooth_density(y)
+
+
+def exact_sphere_field(x, beta: float, c: float, R, V, normalized: bool) -> np.ndarray:
+    """The attention field of :func:`smooth_density` at ``x`` for ``Q^T K = c R`` (R a
+    rotation) and any V, from Funk--Hecke (``int e^{s <x, z>} p_l(z) dsigma(z) = 4 pi i_l(s)
+    p_l(x)`` for unit x, ``i_l(s |x|) p_l(x / |x|)`` off the sphere): with ``s = beta c``,
+    ``H(x) = i_0(s) + sum_l a_l i_l(s) p_l(R^T x)`` is ``int e^{beta <Qx, Ky>} rho dsigma``
+    and ``V R^T grad H(x) / s`` is the numerator ``int e^{beta <Qx, Ky>} V y rho dsigma``."""
+    from scipy.special import spherical_in
+
+    x, R, V = (np.asarray(a, dtype=float) for a in (x, R, V))
+    s = beta * c
+    xr = x @ R  # rows R^T x
+    if s == 0:  # consensus: int y rho = a_1 R b / 3 (only degree 1 has a first moment)
+        H = np.ones(len(x))
+        N = np.tile(V @ R.T @ (AMPLITUDES[0] * (R @ _B) / 3), (len(x), 1))
+    else:
+        H = np.full(len(x), spherical_in(0, s))
+        G = s * spherical_in(0, s, derivative=True) * x
+        for a, (l, p, grad) in zip(AMPLITUDES, HARMONICS):
+            pr, gr = p(xr), grad(xr) @ R.T  # p(R^T x) and its gradient R grad p(R^T x)
+            H = H + a * spherical_in(l, s) * pr
+            G = G + a * (s * spherical_in(l, s, derivative=True) * pr[:, None] * x
+                         + spherical_in(l, s) * (gr - l * pr[:, None] * x))
+        N = (G @ R) @ V.T / s  # rows V R^T grad H / s
+    v = N / H[:, None] if normalized else N
+    return v - np.sum(v * x, axis=1, keepdims=True) * x

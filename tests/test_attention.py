@@ -10,8 +10,9 @@ import meanfield as mf
 from meanfield.attention import DirectField, FieldOverflowError
 
 
-def naive_field(model, x, y, w):
-    """Literal transcription of X[mu](x) = P_x(sum_j w_j e^{beta<Qx,Ky_j>} V y_j / Z)."""
+def naive_field(model, x, y, w, project=True):
+    """Literal transcription of X[mu](x) = P_x(sum_j w_j e^{beta<Qx,Ky_j>} V y_j / Z)
+    (``project=False``: the average before ``P_x``)."""
     out = np.zeros_like(x)
     for i in range(len(x)):
         num = np.zeros(model.d)
@@ -21,7 +22,7 @@ def naive_field(model, x, y, w):
             num += w[j] * a * (model.V @ y[j])
             z += w[j] * a
         v = num / z if model.normalized else num
-        out[i] = v - (v @ x[i]) * x[i]
+        out[i] = v - (v @ x[i]) * x[i] if project else v
     return out
 
 
@@ -43,7 +44,48 @@ def test_direct_matches_naive_for_random_qkv(d, normalized, beta):
     got = DirectField(model, block_elements=70)(x, y, w)
     ref = naive_field(model, x, y, w)
     assert np.max(np.abs(got - ref)) <= 1e-12 * max(1.0, np.abs(ref).max())
-    assert np.max(np.abs(np.einsum("ij,ij->i", got, x))) < 1e-13 * max(1.0, np.abs(ref).max())  # tangent
+    # the average before P_x (the authors' Euler scheme steps with it): it has a normal part
+    raw = DirectField(model, block_elements=70)(x, y, w, project=False)
+    ref_raw = naive_field(model, x, y, w, project=False)
+    assert np.max(np.abs(raw - ref_raw)) <= 1e-12 * max(1.0, np.abs(ref_raw).max())
+    assert np.abs(np.einsum("ij,ij->i", ref_raw, x)).max() > 1e-3 * np.abs(ref_raw).max()
+
+
+def tangent_frames(x, rng):
+    """``(n, d - 1, d)``: an orthonormal basis of the tangent space at each point (QR of
+    ``[x, random]``), made without any projection formula."""
+    n, d = x.shape
+    frames = np.empty((n, d - 1, d))
+    for i in range(n):
+        q, _ = np.linalg.qr(np.column_stack([x[i], rng.normal(size=(d, d - 1))]))
+        frames[i] = q[:, 1:].T
+    return frames
+
+
+@pytest.mark.parametrize("d", [2, 3, 4])
+@pytest.mark.parametrize("normalized", [True, False], ids=["SA", "USA"])
+@pytest.mark.parametrize("beta, c, v", [(0.5, 1.0, 1.0), (9.0, 1.0, -1.3), (4.0, -0.5, 0.7)])
+def test_isotropic_field_is_the_gradient_of_the_potential(d, normalized, beta, c, v):
+    """For Q^T K = c I, V = v I the field is a gradient (SPEC section 2): USA
+    ``X = v grad_S Phi / (beta c)``, SA ``X = v grad_S log Phi / (beta c)``, with the potential
+    ``Phi(x) = sum_j w_j e^{beta c <x, y_j>}``. The derivative of Phi along the geodesic
+    ``cos t x + sin t e`` through x in each tangent direction e is taken by the complex step
+    (``Im f(ih) / h``, exact to round-off): only values of the scalar potential enter."""
+    rng = np.random.default_rng(d + 10 * normalized + int(beta))
+    x, y = sphere_points(rng, 25, d), sphere_points(rng, 40, d)
+    w = rng.random(40)
+    model = mf.AttentionModel(d=d, beta=beta, Q=c * np.eye(d), V=v * np.eye(d), normalized=normalized)
+    h = 1e-30
+    frames = tangent_frames(x, rng)
+    want = np.zeros_like(x)
+    for a in range(d - 1):
+        e = frames[:, a, :]
+        z = np.cosh(h) * x + 1j * np.sinh(h) * e  # the geodesic at t = ih
+        phi = np.exp(beta * c * (z @ y.T)) @ w
+        slope = (np.log(phi) if normalized else phi).imag / h
+        want += (v / (beta * c)) * slope[:, None] * e
+    got = DirectField(model)(x, y, w)
+    assert np.max(np.abs(got - want)) <= 1e-13 * np.abs(want).max(), np.max(np.abs(got - want)) / np.abs(want).max()
 
 
 def test_zero_weight_sources_are_ignored_and_large_beta_is_stable():

@@ -209,13 +209,80 @@ def test_sliced_p1_equals_pot_with_the_same_projections():
     assert D.sliced(mesh, m, x, w, p=2, n_projections=100, seed=2) == pot2
 
 
-def test_sliced_on_the_circle_is_exact_w():
+def _pieces(mesh, masses, cuts):
+    """The intervals between the cell edges and the angles ``cuts`` over [0, 2 pi), with
+    the density on each: ``(lo, hi, density)``."""
+    edges = np.unique(np.concatenate([np.arange(mesh.n_cells + 1) * mesh.h, np.mod(cuts, 2 * np.pi)]))
+    lo, hi = edges[:-1], edges[1:]
+    cell = np.minimum(((lo + hi) / 2 // mesh.h).astype(int), mesh.n_cells - 1)
+    return lo, hi, masses[cell] / mesh.h
+
+
+def exact_wp_to_a_dirac(mesh, masses, angle, p):
+    """``W_p(rho, delta_a) = (int d(theta, a)^p rho(theta) dtheta)^(1/p)``: all the mass goes
+    to the Dirac. The distance to a is linear between the cell edges, a and its antipode, so
+    two Gauss points per piece integrate ``d^p`` (p <= 3) exactly."""
+    lo, hi, dens = _pieces(mesh, masses, [angle, angle + np.pi])
+    nodes = (lo + hi)[:, None] / 2 + (hi - lo)[:, None] / 2 * np.array([-1, 1]) / math.sqrt(3)
+    gap = np.abs(nodes - angle) % (2 * np.pi)
+    dist = np.minimum(gap, 2 * np.pi - gap)
+    return float(np.sum(dens * (hi - lo) / 2 * (dist**p).sum(axis=1))) ** (1 / p)
+
+
+def exact_w1_to_atoms(mesh, masses, theta, w):
+    """Circle W_1 as ``min_alpha int_0^{2 pi} |F - G - alpha|`` (F, G the cumulative
+    distributions from angle 0): F - G is linear between the cell edges and the atoms, so
+    ``int |F - G - alpha|`` is exact piece by piece; the outer minimum over alpha by
+    ``minimize_scalar`` (the objective is convex and smooth at its minimum)."""
+    from scipy.optimize import minimize_scalar
+
+    theta = np.mod(theta, 2 * np.pi)
+    lo, hi, dens = _pieces(mesh, masses, theta)
+    f_lo = np.concatenate([[0.0], np.cumsum(dens * (hi - lo))[:-1]])  # F at the left ends
+    g = np.array([w[theta <= t].sum() for t in lo])  # G on each piece (atoms at left ends)
+    a, b = f_lo - g, f_lo - g + dens * (hi - lo)  # D = F - G at both ends of each piece
+
+    def cost(alpha):
+        u, v = a - alpha, b - alpha
+        same = u * v >= 0
+        # |linear| over a piece: trapezoid where it keeps its sign, two triangles where not
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cross = np.where(same, 0.0, (u * u + v * v) / (2 * np.abs(u - v)))
+        return float(np.sum((hi - lo) * np.where(same, np.abs(u + v) / 2, cross)))
+
+    res = minimize_scalar(cost, bounds=(min(a.min(), b.min()), max(a.max(), b.max())), method="bounded",
+                          options={"xatol": 1e-13})
+    return res.fun
+
+
+def test_sliced_on_the_circle_is_the_exact_wasserstein_distance():
+    """On S^1 there is one great circle, the circle itself: SSW_p is W_p between the
+    piecewise-constant density and the particles. Checked against values computed here
+    from the definitions, not by the package (W_p to a Dirac for p = 1, 2; W_1 to many atoms
+    as the L1 distance of the distribution functions minus their median offset); the
+    density is not its atoms at the cell centres (a different value), nor the particles'
+    own W_1."""
     rng = np.random.default_rng(16)
     mesh = mf.CircleMesh(32)
     m = random_probability(rng, 32)
-    x = unit(rng, 20, 2)
-    assert D.sliced(mesh, m, x) == D.w1(mesh, m, x)
-    assert D.sliced(mesh, m, x, p=2) == D.w2(mesh, m, x)
+    for angle in rng.uniform(0, 2 * np.pi, 3):
+        one = np.array([[math.cos(angle), math.sin(angle)]])
+        for p in (1, 2):
+            exact = exact_wp_to_a_dirac(mesh, m, angle, p)
+            assert abs(D.sliced(mesh, m, one, p=p) - exact) <= 1e-13, (angle, p)
+            assert abs(D.w1(mesh, m, one, representation="atoms") - exact_wp_to_a_dirac(mesh, m, angle, 1)) > 1e-4
+    theta = rng.uniform(0, 2 * np.pi, 20)
+    w = random_probability(rng, 20)
+    x = np.c_[np.cos(theta), np.sin(theta)]
+    exact = exact_w1_to_atoms(mesh, m, theta, w)
+    assert abs(D.sliced(mesh, m, x, w) - exact) <= 1e-12, (D.sliced(mesh, m, x, w), exact)
+    assert abs(D.w1(mesh, m, x, w, representation="atoms") - exact) > 1e-4
+    # the closed forms: uniform density vs a Dirac (pi / 2, pi / sqrt 3), one cell vs its centre
+    uni = np.full(32, 1 / 32)
+    assert abs(D.sliced(mesh, uni, [[1.0, 0.0]]) - math.pi / 2) < 1e-13
+    assert abs(D.sliced(mesh, uni, [[1.0, 0.0]], p=2) - math.pi / math.sqrt(3)) < 1e-13
+    cell = np.eye(32)[7]
+    assert abs(D.sliced(mesh, cell, mesh.centers[7:8], p=2) - mesh.h / math.sqrt(12)) < 1e-15
 
 
 # -- MMD -------------------------------------------------------------------------------------
