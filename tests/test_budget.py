@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 
@@ -20,8 +21,6 @@ GIB = 1 << 30
 def _rss() -> int:
     """Current resident bytes of this process."""
     with open("/proc/self/statm") as fh:
-        import os
-
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -52,7 +51,7 @@ def test_estimate_bounds_measured_peak_rss(domain):
     assert 0.9 * measured <= est.memory <= 1.5 * measured, (est.memory / 2**20, measured / 2**20)
 
 
-def test_estimate_counts_without_building(monkeypatch):
+def test_estimate_counts_without_building():
     case = resolve_case({"domain": {"manifold": "sphere", "mesh": "icosahedral:7", "edge_points": 2},
                          "solver": {"t_end": 1.0}, "output": {"every": 0.25}})
     est = budget.estimate(case, "run")
