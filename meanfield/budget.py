@@ -708,20 +708,25 @@ def describe(est: Estimate) -> str:
             f"~{_seconds(est.seconds_per_snapshot)} per snapshot")
 
 
-def check(est: Estimate, limit_bytes: float | None = None, source="<case>") -> None:
+def check(est: Estimate, limit_bytes: float | None = None, source="<case>", available: float | None = None) -> None:
     """Refuse the case of ``est`` (:class:`~meanfield.case.CaseError`: exit status 2) when
-    its memory estimate exceeds ``limit_bytes`` (default :func:`available_memory`;
-    ``math.inf``: no memory check), or when it is bound to fail for another reason the
-    estimate found (``est.problem``: a dense transport problem too large for ``compare``).
-    The reason names the estimate, the memory available, what to change (with the largest
-    value that fits) and how to override (``--max-memory GIB``, ``inf`` for no check)."""
+    its memory estimate exceeds the limit, or when it is bound to fail for another reason
+    the estimate found (``est.problem``: a dense transport problem too large for
+    ``compare``; checked whatever the limit).
+
+    ``limit_bytes``: the value of ``--max-memory`` (:func:`parse_memory_limit`; ``math.inf``:
+    no memory check), or ``None`` for the memory available on this machine: ``available``
+    when given (under MPI, rank 0's :func:`available_memory` broadcast, so that every rank
+    decides alike), else :func:`available_memory` (``None`` there: nothing is checked).
+    The reason names the estimate, the limit, what to change (with the largest value that
+    fits) and how to override (``--max-memory GIB``, ``inf`` for no check)."""
     if est.problem is not None:
         raise CaseError(source, est.problem[0], est.problem[1])
     if limit_bytes is None:
-        limit_bytes = available_memory()
+        limit_bytes = available if available is not None else available_memory()
         where = "available on this machine"
     else:
-        where = f"allowed by {MEMORY_FLAG}" if math.isfinite(limit_bytes) else ""
+        where = f"allowed by {MEMORY_FLAG}"
     if limit_bytes is None or math.isinf(limit_bytes) or est.memory <= limit_bytes:
         return
     key = est.key

@@ -247,3 +247,12 @@ def test_many_snapshots_name_output_every():
     assert info.value.key == "output.every" and "100,001 snapshots" in info.value.reason
     larger = resolve_case({**case, "output": {"every": est.fits(8 * GIB)}})
     budget.check(budget.estimate(larger, "run"), 8 * GIB)
+
+
+def test_check_with_a_broadcast_available_memory(monkeypatch):
+    est = budget.estimate(resolve_case({"domain": {"manifold": "sphere", "mesh": "icosahedral:9"}}), "run", ranks=2)
+    monkeypatch.setattr(budget, "available_memory", lambda: 1000 * GIB)  # not consulted
+    with pytest.raises(CaseError, match="available on this machine") as info:
+        budget.check(est, None, "case.toml", available=2 * GIB)
+    assert "on 2 MPI ranks" in info.value.reason
+    budget.check(est, None, "case.toml", available=1000 * GIB)
