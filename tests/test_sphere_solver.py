@@ -172,6 +172,7 @@ def test_mass_positivity_energy_on_the_sphere(kind):
         masses.append(math.fsum(m))
         mins.append(state.rho.min())
         energies.append(mf.energy(model, mesh.centers, m))
+        assert sim.rejected == 0, (state.t, sim.rejected)  # see the circle's test; test_limiter.py
 
     sim.advance(st, 6.0 if kind == "SA" else 1.0, record)
     assert max(abs(m - 1) for m in masses) <= 1e-13
