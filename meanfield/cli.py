@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a case entry, e.g. --set model.beta=4 (repeatable)")
         q.add_argument("--out", help="output directory (default: runs/<case name>)")
         q.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+        q.add_argument("--max-memory", metavar="GIB", dest="max_memory",
+                       help="refuse a case whose memory estimate exceeds GIB gibibytes (default: the memory available "
+                            "on this machine; inf: no check)")
         q.add_argument("--overwrite", action="store_true",
                        help="replace the run of a different case in --out (or write into a non-empty directory that "
                             "holds no run); without it such a directory is refused (the same case is replaced)")
@@ -187,7 +190,13 @@ def main(argv=None) -> int:
                 out = Path(args.out) if args.out else Path("runs") / Path(args.case).stem
             progress = not args.quiet and sys.stderr.isatty()
             source = str(Path(args.case))
-            common = dict(out_dir=out, progress=progress, source=source, dist=dist, overwrite=args.overwrite)
+            max_memory = None
+            if args.max_memory is not None:
+                from .budget import parse_memory_limit
+
+                max_memory = parse_memory_limit(args.max_memory)
+            common = dict(out_dir=out, progress=progress, source=source, dist=dist, overwrite=args.overwrite,
+                          max_memory=max_memory)
             if args.command == "run":
                 run_case(case, restart=restart, **common)
             elif args.command == "particles":

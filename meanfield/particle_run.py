@@ -33,7 +33,7 @@ from .initial import InitialDataError
 from .output import atomic_write
 from .particles import ParticleState, ParticleSystem
 from .timestepping import RunHealthError
-from .run import agreed, build_mesh, build_model, drive, restart_paths, run_case
+from .run import agreed, preflight, build_mesh, build_model, drive, restart_paths, run_case
 from .sampling import sample
 from .solver import make_field
 
@@ -216,7 +216,7 @@ def _criterion(case):
 
 def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | None = None, progress: bool = False,
                   source="<case>", label: str = "meanfield particles", dist=None, restart=False,
-                  overwrite: bool = False) -> ParticleRun:
+                  overwrite: bool = False, max_memory=None, estimate: bool = True) -> ParticleRun:
     """Run the particle system of a resolved case (``--n``, ``--seed`` override ``[particles]``).
 
     ``restart`` continues a stopped run as in :func:`meanfield.run.run_case` (``True``: the
@@ -230,6 +230,8 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     chosen = dict(case["particles"])
     chosen.update({k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
     case = {**case, "particles": chosen}  # the resolved case.toml repeats this run
+    if estimate:  # the memory and cost, logged; refused if it cannot fit (meanfield.run.preflight)
+        preflight(case, "particles", source, dist, max_memory)
     mesh, system, state = agreed(dist, build_particles, case, source=source, dist=dist)
     run = ParticleRun(mesh, system, state, _criterion(case))
     run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist,
@@ -253,7 +255,7 @@ def fit_exponent(ns, values) -> float:
 
 
 def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = None, progress: bool = False,
-                source="<case>", dist=None, overwrite: bool = False):
+                source="<case>", dist=None, overwrite: bool = False, max_memory=None):
     """Run the PDE once and the particles for each ``n`` and seed; write ``compare.csv``.
 
     Returns the rows ``{"t", "n", "seed", "metric", "distance"}``.
@@ -267,7 +269,9 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
         raise CaseError(source, "initial.kind", "compare samples n particles from a density; \"points\" gives fixed points")
     case = {**case, "compare": {"particles": ns, "seeds": seeds, "metric": metric}}
     out = Path(out_dir)
-    pde = run_case(case, out_dir=out / "pde", progress=progress, source=source, dist=dist, overwrite=overwrite)
+    preflight(case, "compare", source, dist, max_memory)  # the PDE, every particle run and the distances
+    pde = run_case(case, out_dir=out / "pde", progress=progress, source=source, dist=dist, overwrite=overwrite,
+                   estimate=False)
     mesh = build_mesh(case, source)
     masses = {round(t, 12): rho * mesh.areas for t, rho in pde.snapshots}
     rows = []
@@ -275,7 +279,7 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
     for n in ns:
         for seed in seeds:
             part = run_particles(case, out_dir=None, n=n, seed=seed, progress=False, source=source,
-                                 label=f"particles n={n} seed={seed}", dist=dist)
+                                 label=f"particles n={n} seed={seed}", dist=dist, estimate=False)
             for t, x, w in part.snapshots:
                 value = distance(metric, mesh, masses[round(t, 12)], x, w)
                 rows.append({"t": t, "n": n, "seed": seed, "metric": metric, "distance": value})

@@ -41,6 +41,26 @@ class RunFailure(RuntimeError):
         self.replicated = replicated
 
 
+def preflight(case: dict, kind: str, source="<case>", dist=None, max_memory=None, n: int | None = None):
+    """The cost and memory estimate of a case before anything is built
+    (:mod:`meanfield.budget`): logged in one line, and the case refused
+    (:class:`CaseError` naming ``domain.cells``, ``domain.mesh``, ``particles.n``, ...) when
+    its memory exceeds ``max_memory`` bytes (``None``: the memory available on this machine,
+    read by rank 0 and shared, so every rank decides alike; ``math.inf``: no check)."""
+    from . import budget
+
+    ranks = dist.size if dist is not None else 1
+    est = budget.estimate(case, kind, n=n, ranks=ranks, source=source)
+    log.info("%s", budget.describe(est))
+    available = None
+    if max_memory is None:
+        available = budget.available_memory()
+        if dist is not None and dist.size > 1:
+            available = dist.bcast(available)
+    budget.check(est, max_memory, source, available=available)
+    return est
+
+
 def agreed(distributor, build, *args, **kwargs):
     """``build(*args, **kwargs)`` on every rank; under MPI an error on any rank (invalid
     input as :class:`CaseError`, anything else as :class:`RunFailure`) is raised on every
@@ -615,7 +635,7 @@ def _one_line(text) -> str:
 
 
 def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", dist=None,
-             restart=False, overwrite: bool = False) -> RunResult:
+             restart=False, overwrite: bool = False, max_memory=None, estimate: bool = True) -> RunResult:
     """Run a resolved case. Writes outputs to ``out_dir`` when given (else nothing).
 
     ``restart``: ``True`` continues the stopped (or finished, to extend ``solver.t_end``)
@@ -624,6 +644,11 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
     ``out_dir`` (the run's directory is then only read; :func:`restart_paths`); the case
     must be the one in its ``case.toml`` but for ``solver.t_end``. The result is bitwise
     that of an uninterrupted run on the same number of ranks (docs/outputs.md, "Restart").
+
+    Before anything is built, the memory and cost are estimated and logged, and a case
+    whose memory estimate exceeds ``max_memory`` bytes (default: the memory available on
+    this machine; ``math.inf``: no check) is refused (:func:`preflight`; ``estimate=False``
+    skips it, for a caller that made it already).
 
     A fresh run replaces the run of the same case in ``out_dir``; a directory that holds
     another case's run (or is not empty and holds no run) is refused unless ``overwrite``.
@@ -635,6 +660,8 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
     paths = restart_paths(out_dir, restart)
     if paths is not None:
         out_dir = paths[1]
+    if estimate:
+        preflight(case, "run", source, dist, max_memory)
     sim, state = agreed(dist, build_simulation, case, source, dist)
     criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
     run = PdeRun(sim, state, criterion)

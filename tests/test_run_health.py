@@ -244,3 +244,35 @@ def test_mpi_exception_on_one_rank_during_run_aborts_job(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.count("diagnostics failed on rank 1 only") == 1, proc.stderr
     assert "run failed on rank 1: ZeroDivisionError" in proc.stderr
+
+
+# -- item 3: huge problems are refused before they allocate ----------------------------------
+@pytest.mark.parametrize("key, value, flag", [("domain.cells", "100000000", None),
+                                              ("domain.mesh", "icosahedral:10", None),
+                                              ("particles.n", "100000000", "--n")])
+def test_huge_case_refused_before_allocating(tmp_path, key, value, flag):
+    """On main: 18 GB RSS in 90 s with no output line (cells), a 309 MB cache and > 8 GB
+    (icosahedral:10)."""
+    import resource
+
+    case = REPO / "cases" / ("sphere_sa_clusters.toml" if key == "domain.mesh" else "circle_sa_clusters.toml")
+    command = "particles" if key == "particles.n" else "run"
+    args = [flag, value] if flag else ["--set", f"{key}={value}"]
+    start = time.perf_counter()
+    proc = launch(1, command, case, *args, "--out", tmp_path / "o", "--max-memory", "20", timeout=60)
+    assert time.perf_counter() - start < 30
+    assert proc.returncode == 2
+    line = one_line(proc.stderr, key, "of memory (estimate)", "more than the 20.0 GiB allowed by --max-memory",
+                    "--max-memory inf")
+    assert "estimate: " in proc.stdout  # the estimate is logged first
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1_000_000  # KiB: the child stayed under 1 GB
+    assert not (tmp_path / "o").exists()
+    del line
+
+
+def test_memory_override_lets_a_case_run(capsys, tmp_path):
+    fast = ["--set", "domain.cells=64", "--set", "solver.t_end=0.1", "--set", "output.plots=false", "--quiet"]
+    rc, _, err = cli(capsys, "run", CLUSTERS, *fast, "--max-memory", "0.001", "--out", tmp_path / "o")
+    assert rc == 2
+    one_line(err, "domain.cells", "1 MiB allowed by --max-memory")
+    assert cli(capsys, "run", CLUSTERS, *fast, "--max-memory", "inf", "--out", tmp_path / "o")[0] == 0
