@@ -325,6 +325,9 @@ def check_same_case(case: dict, stored: dict, source="<case>", where="the run", 
         for key in keys:
             if ((section, key) == ("solver", "t_end") and not t_end) or a.get(key) == b.get(key):
                 continue
+            spec = SCHEMA.get(section, {}).get(key)
+            if key not in a and spec is not None and b.get(key) == spec.default:
+                continue  # a key added after that run was made, at its default: the same case
             old = "not set" if key not in a else _show(a[key])
             new = "not set" if key not in b else _show(b[key])
             raise CaseError(source, f"{section}.{key}", f"differs from {where} ({old} there, {new} here); {advice}")

@@ -276,3 +276,20 @@ def test_memory_override_lets_a_case_run(capsys, tmp_path):
     assert rc == 2
     one_line(err, "domain.cells", "1 MiB allowed by --max-memory")
     assert cli(capsys, "run", CLUSTERS, *fast, "--max-memory", "inf", "--out", tmp_path / "o")[0] == 0
+
+
+def test_run_of_an_older_version_is_the_same_case(capsys, tmp_path):
+    """A case.toml written before model.shift / solver.max_steps existed lacks them: at
+    their defaults the case is the same (restart and re-run accepted), otherwise not."""
+    out = tmp_path / "o"
+    fast = ["--set", "domain.cells=32", "--set", "solver.t_end=0.2", "--set", "output.every=0.1",
+            "--set", "output.plots=false", "--quiet"]
+    assert cli(capsys, "run", CLUSTERS, *fast, "--out", out)[0] == 0
+    stored = out / "case.toml"
+    lines = [ln for ln in stored.read_text().splitlines() if not ln.startswith(("shift =", "max_steps ="))]
+    stored.write_text("\n".join(lines) + "\n")
+    rc, _, err = cli(capsys, "run", CLUSTERS, *fast, "--set", "solver.t_end=0.3", "--restart", out)
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "run", CLUSTERS, *fast, "--set", "solver.max_steps=5000", "--restart", out)
+    assert rc == 2
+    one_line(err, "solver.max_steps", "not set there, 5000 here")
