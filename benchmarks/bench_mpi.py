@@ -57,10 +57,10 @@ NET_BANDWIDTH_BPS = 12e9
 def _worker(args) -> None:
     import meanfield as mf
     from meanfield.parallel import Distributor, launched_under_mpi
-    from meanfield.particles import ParticleState, ParticleSystem
-    from meanfield.sampling import sample
-    from meanfield.solver import Simulation, State, make_field
-    from meanfield.sphere import load_icosahedral
+    from meanfield.particles.system import ParticleState, ParticleSystem
+    from meanfield.particles.sampling import sample
+    from meanfield.pde.solver import Simulation, State, make_field
+    from meanfield.geometry.sphere import load_icosahedral
 
     dist = Distributor() if launched_under_mpi() else None
     comm = dist.comm if dist is not None else None
@@ -146,7 +146,7 @@ def _launch(ranks: int, *args) -> dict:
 # ------------------------------------------------------------------------------ driver
 def _level8_imbalance(ranks_list) -> dict:
     """Largest number of edge targets on a rank over the even share E/P, level 8."""
-    from meanfield.sphere import load_icosahedral
+    from meanfield.geometry.sphere import load_icosahedral
 
     mesh = load_icosahedral(8)
     n = mesh.n_cells
@@ -218,7 +218,7 @@ def main() -> None:
           f"({fv_cell * 1e9:.0f} ns per cell); direct field {field_s:.3f} s per step for {pairs:.3e} "
           f"(target, source) pairs -> {rate / 1e6:.0f} Mpairs/s per rank.")
     imbalance, n8, e8 = _level8_imbalance([64, 1024])
-    from meanfield.spectral_sphere import spectral_cost
+    from meanfield.fields.spectral_sphere import spectral_cost
 
     import meanfield as mf
 

@@ -5,12 +5,12 @@ Usage: ``python benchmarks/bench_particles.py [--quick] [--seconds 1] [--limit 2
 Two tables, after a line naming the machine (one process; the field pins BLAS to one
 thread, the distances run as they are):
 
-1. Particles: time per RK4 step (:class:`~meanfield.particles.ParticleSystem`, automatic
+1. Particles: time per RK4 step (:class:`~meanfield.particles.system.ParticleSystem`, automatic
    step: 4 field evaluations ``field(x, x, w)`` + retractions), DirectField, SA beta = 1,
-   d = 3, uniform samples (:func:`meanfield.sampling.sample`), n = 1000 ... 30000; the
+   d = 3, uniform samples (:func:`meanfield.particles.sampling.sample`), n = 1000 ... 30000; the
    time of one field evaluation, its throughput in million (target, source) pairs per
    second (n^2 pairs per evaluation) and the share of the step spent in the field.
-2. Distances: seconds per call of :func:`meanfield.distances.distance` for every metric,
+2. Distances: seconds per call of :func:`meanfield.particles.distances.distance` for every metric,
    on the circle (``CircleMesh(1024)``) and the sphere (``icosahedral(3)``, 1280 cells),
    against n = 256, 1024, 4096 particles. PDE masses: the cell masses of a smooth density
    (a few modes); particles: a seeded sample of the same density (so every value is the
@@ -45,11 +45,11 @@ import numpy as np
 
 import meanfield as mf
 from _machine import cpu_name, usable_cores
-from meanfield.distances import METRICS, distance
+from meanfield.particles.distances import METRICS, distance
 from meanfield.initial import project
-from meanfield.particles import ParticleState, ParticleSystem
-from meanfield.sampling import sample
-from meanfield.sphere import icosahedral
+from meanfield.particles.system import ParticleState, ParticleSystem
+from meanfield.particles.sampling import sample
+from meanfield.geometry.sphere import icosahedral
 
 #: Smooth, strictly positive densities (``modes``): 1 + sum a_j mode_j >= 0.2 everywhere.
 CIRCLE_DENSITY = {"kind": "modes", "modes": [{"k": 2, "amplitude": 0.5}, {"k": 3, "amplitude": 0.3, "phase": 1.0}]}

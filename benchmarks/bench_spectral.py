@@ -30,10 +30,10 @@ import numpy as np
 
 import meanfield as mf
 from _machine import cpu_name, time_call, usable_cores
-from meanfield.spectral_circle import SpectralCircleField
-from meanfield.spectral_sphere import SpectralSphereField
-from meanfield.spectral_sphere_general import GeneralSphereField
-from meanfield.sphere import icosahedral
+from meanfield.fields.spectral_circle import SpectralCircleField
+from meanfield.fields.spectral_sphere import SpectralSphereField
+from meanfield.fields.spectral_sphere_general import GeneralSphereField
+from meanfield.geometry.sphere import icosahedral
 
 
 def row(label, n_t, n_s, direct, spectral, measured_rate, seconds, tolerance, extra="", once_above=None):

@@ -22,7 +22,7 @@ import numpy as np
 import meanfield as mf
 from _machine import time_call, cpu_name, usable_cores
 from meanfield.initial import real_sph_harm
-from meanfield.sphere import load_icosahedral
+from meanfield.geometry.sphere import load_icosahedral
 
 
 def main(argv=None) -> None:

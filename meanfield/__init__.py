@@ -1,7 +1,7 @@
 """meanfield: the mean-field limit of Transformer self-attention on the circle and the sphere.
 
 Densities on S^{d-1} evolve by ``d/dt rho + div(rho X[rho]) = 0`` with the attention
-velocity field X (:mod:`meanfield.attention`). Importing the package never imports MPI.
+velocity field X (:mod:`meanfield.fields.attention`). Importing the package never imports MPI.
 
 Typical script use::
 
@@ -12,15 +12,15 @@ Typical script use::
 or build the pieces directly (see ``cases/api_example.py``).
 """
 
-from .attention import AttentionModel, DirectField, FieldOverflowError, energy, growth_rate
-from .case import CaseError, load_case, resolve_case
+from .fields.attention import AttentionModel, DirectField, FieldOverflowError, energy, growth_rate
+from .io.case import CaseError, load_case, resolve_case
 from .diagnostics import ClusterCriterion, find_clusters
-from .finite_volume import SCHEMES, FiniteVolume
+from .pde.finite_volume import SCHEMES, FiniteVolume
 from .initial import project, real_sph_harm
-from .mesh import CircleMesh, Mesh
+from .geometry.mesh import CircleMesh, Mesh
 from .run import RunFailure, RunResult, run_case
-from .solver import Simulation, State
-from .timestepping import INTEGRATORS, SSPRK3
+from .pde.solver import Simulation, State
+from .pde.timestepping import INTEGRATORS, SSPRK3
 
 __version__ = "0.1.0"
 

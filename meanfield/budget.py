@@ -5,7 +5,7 @@ accepted silently and grow until the machine ran out of memory. :func:`estimate`
 from the resolved case alone (no mesh is generated, no array allocated), the size of the
 problem (cells, edges, flux points, particles, snapshots), the peak memory of the run and
 its time per step; :func:`describe` is the one log line saying so; :func:`check` refuses
-(:class:`~meanfield.case.CaseError`, exit status 2) a case whose estimate exceeds the
+(:class:`~meanfield.io.case.CaseError`, exit status 2) a case whose estimate exceeds the
 memory this machine has available (:func:`available_memory`), naming the key to change
 (``domain.cells``, ``domain.mesh``, ``particles.n``, ``compare.particles``; ``output.every``
 when many kept snapshots make most of the memory) and the largest value that fits. ``--max-memory GIB`` (:func:`parse_memory_limit`) sets another limit;
@@ -40,7 +40,7 @@ measured peak RSS: 1.04 to 1.30 times the measurement). For ``N`` cells, ``q`` =
 * ``compare``: the PDE run, then the particle runs while the PDE snapshots are kept, and
   the distance: exact optimal transport on the sphere (``w1``, ``w2``) builds the dense
   ``N x n`` cost matrix, ~42 bytes per entry with POT's copies (refused above
-  ``MAX_DENSE_ENTRIES`` = 2e7 entries by :mod:`meanfield.distances`, which :func:`check`
+  ``MAX_DENSE_ENTRIES`` = 2e7 entries by :mod:`meanfield.particles.distances`, which :func:`check`
   reports before the run instead of after the PDE).
 
 Under MPI every rank holds the whole mesh, the whole density and the snapshots (the
@@ -53,11 +53,11 @@ The time model
 A PDE step evaluates the field once per stage (3 for ``ssprk3``, 4 for ``ssprk43``, 2, 1)
 at the ``E q`` flux points from the ``N`` cells: direct sums cost ``E q N`` pairs at
 :data:`PAIR_SECONDS` each (~5e8 pairs/s on one core), the spectral backends their cost
-models (:func:`meanfield.spectral_circle.spectral_cost`,
-:func:`meanfield.spectral_sphere.spectral_sphere_cost`, in the same pair units); the
+models (:func:`meanfield.fields.spectral_circle.spectral_cost`,
+:func:`meanfield.fields.spectral_sphere.spectral_sphere_cost`, in the same pair units); the
 finite-volume work adds :data:`FV_STAGE_SECONDS` per cell and stage. A particle step costs
 its field evaluations (``dopri5`` 6, ``bs32`` 3, ``rk4`` 4, Euler 1) of ``n x n``.
-``backend = "auto"`` is resolved exactly as :func:`meanfield.solver.make_field` does.
+``backend = "auto"`` is resolved exactly as :func:`meanfield.pde.solver.make_field` does.
 Work is divided by the number of ranks. The number of steps is not estimated here.
 """
 
@@ -68,7 +68,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .case import CaseError
+from .io.case import CaseError
 
 __all__ = ["Estimate", "available_memory", "check", "describe", "estimate", "format_bytes", "parse_memory_limit",
            "mesh_file_cells", "MEMORY_FLAG"]
@@ -128,8 +128,8 @@ _MMAP_THRESHOLD = 32.0 * (1 << 20)
 
 
 def _max_dense_entries() -> int:
-    """The largest dense transport problem :mod:`meanfield.distances` accepts."""
-    from .distances import MAX_DENSE_ENTRIES
+    """The largest dense transport problem :mod:`meanfield.particles.distances` accepts."""
+    from .particles.distances import MAX_DENSE_ENTRIES
 
     return int(MAX_DENSE_ENTRIES)
 
@@ -184,9 +184,9 @@ def _icosahedral_level(spec: str) -> int | None:
 
 def mesh_file_cells(path) -> int:
     """Triangles of the surface in a mesh file (the cells the solver will have), read with
-    pyvista as :func:`meanfield.sphere.load_mesh` reads it (the file's own arrays only: a
+    pyvista as :func:`meanfield.geometry.sphere.load_mesh` reads it (the file's own arrays only: a
     small fraction of what the solver allocates for the same cells)."""
-    from .sphere import _read_surface
+    from .geometry.sphere import _read_surface
 
     _, tri = _read_surface(Path(path))
     return int(tri.shape[0])
@@ -202,7 +202,7 @@ def _mesh_size(case: dict, cells: int | None) -> tuple[int, int, int, str]:
     level = _icosahedral_level(dom["mesh"])
     if cells is None:
         if level is not None:
-            from .sphere import icosahedral_counts
+            from .geometry.sphere import icosahedral_counts
 
             cells = icosahedral_counts(level)[0]
         else:
@@ -236,7 +236,7 @@ def _quadrature_points(manifold: str, degree: int) -> int:
 # backends
 # ---------------------------------------------------------------------------------------
 def _model(case: dict, d: int):
-    from .attention import AttentionModel
+    from .fields.attention import AttentionModel
 
     m = case["model"]
     args = dict(d=d, beta=m["beta"], Q=m["Q"], K=m["K"], V=m["V"], normalized=m["kind"] == "SA")
@@ -253,11 +253,11 @@ def _field_choice(model, backend: str, tolerance: float, n_targets: int, n_sourc
         return "direct", direct, 0.0
     try:
         if model.d == 2:
-            from .spectral_circle import spectral_cost
+            from .fields.spectral_circle import spectral_cost
 
             cost = spectral_cost(model, n_targets, n_sources, tolerance)
         else:
-            from .spectral_sphere import spectral_sphere_cost
+            from .fields.spectral_sphere import spectral_sphere_cost
 
             cost = spectral_sphere_cost(model, n_targets, n_sources, tolerance)
     except (ValueError, ImportError):
@@ -269,7 +269,7 @@ def _field_choice(model, backend: str, tolerance: float, n_targets: int, n_sourc
     extra = 0.0
     if model.d == 3 and model.isotropic() is None:
         try:
-            from .spectral_sphere_general import general_plan
+            from .fields.spectral_sphere_general import general_plan
 
             extra = 2.0 * float(general_plan(model, tolerance)["bytes"])  # the matrix, and its construction
         except ValueError:
@@ -416,7 +416,7 @@ def _machine_total(phases: dict, ranks: int) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------
 def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1, cells: int | None = None,
              source="<case>") -> Estimate:
-    """The cost and memory of running the resolved ``case`` (:func:`meanfield.case.load_case`).
+    """The cost and memory of running the resolved ``case`` (:func:`meanfield.io.case.load_case`).
 
     ``kind``: ``"run"`` (the PDE), ``"particles"`` (``n`` particles, default
     ``particles.n``; the given points for ``initial.kind = "points"``) or ``"compare"``
@@ -709,7 +709,7 @@ def describe(est: Estimate) -> str:
 
 
 def check(est: Estimate, limit_bytes: float | None = None, source="<case>", available: float | None = None) -> None:
-    """Refuse the case of ``est`` (:class:`~meanfield.case.CaseError`: exit status 2) when
+    """Refuse the case of ``est`` (:class:`~meanfield.io.case.CaseError`: exit status 2) when
     its memory estimate exceeds the limit, or when it is bound to fail for another reason
     the estimate found (``est.problem``: a dense transport problem too large for
     ``compare``; checked whatever the limit).

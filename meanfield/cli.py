@@ -5,7 +5,7 @@
     meanfield compare CASE.toml --particles N1,N2,... [--seeds S] [--metric NAME] [--set ...] [--out DIR]
 
 
-Exit status: 0 success (the result passed every run-health check, :mod:`meanfield.health`);
+Exit status: 0 success (the result passed every run-health check, :mod:`meanfield.pde.health`);
 2 invalid input (one line on stderr naming the file, the key and the reason, no traceback),
 including a run refused before it starts (too many steps predicted, too much memory, an
 output directory holding another case's run without ``--overwrite``); 1 failure during the
@@ -119,7 +119,7 @@ def _one_line(text: str) -> str:
 
 
 def _error(kind: str, exc: Exception, case_path: str, set_keys: set) -> None:
-    from .case import CaseError
+    from .io.case import CaseError
 
     flags = {key: f"--{flag}" for flag, key in FLAG_KEYS.items()}
     if isinstance(exc, CaseError) and exc.key in set_keys and exc.source in (str(Path(case_path)), "--set"):
@@ -159,7 +159,7 @@ def _mpi_excepthook(dist):
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from .case import CaseError, load_case, parse_override
+    from .io.case import CaseError, load_case, parse_override
     from .run import RunFailure, RunInterrupted, agreed, run_case
 
     dist = None
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     out = None
     # Overflow is never printed as a NumPy warning: what it produces (an infinite rate, a
     # non-finite field) is caught by the checks before and during the run, which say what
-    # overflowed and what to change; inside the time loop meanfield.health records it.
+    # overflowed and what to change; inside the time loop meanfield.pde.health records it.
     with warnings.catch_warnings(), np.errstate(over="ignore"):
         warnings.showwarning = _log_warning
         try:
@@ -200,11 +200,11 @@ def main(argv=None) -> int:
             if args.command == "run":
                 run_case(case, restart=restart, **common)
             elif args.command == "particles":
-                from .particle_run import run_particles
+                from .particles.run import run_particles
 
                 run_particles(case, restart=restart, **common)
             else:
-                from .particle_run import run_compare
+                from .particles.run import run_compare
 
                 run_compare(case, **common)
         except CaseError as exc:  # agreed on every rank: rank 0 says it once

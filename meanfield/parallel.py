@@ -4,7 +4,7 @@ Nothing else in the package touches MPI, and mpi4py is imported only when a
 :class:`Distributor` is created (never at package import), so serial runs need no MPI.
 
 Finite volumes (:class:`Partition`). The cells are ordered along a space-filling curve
-(:meth:`~meanfield.mesh.Mesh.sfc_order`: the refinement tree of icosahedral meshes, the
+(:meth:`~meanfield.geometry.mesh.Mesh.sfc_order`: the refinement tree of icosahedral meshes, the
 circle's own order, the Morton curve of the centres for other meshes) and each rank owns a
 contiguous, balanced run of that order. A rank evaluates the field only at the quadrature
 points of its cells' edges, reconstructs face values only on its cells and the cells across

@@ -1,7 +1,7 @@
 """Run a case: build the objects from a resolved case dict, evolve, write the outputs.
 
 This is what ``meanfield run`` calls; scripts can call :func:`run_case` (or build
-:class:`~meanfield.solver.Simulation` themselves, see ``cases/api_example.py``).
+:class:`~meanfield.pde.solver.Simulation` themselves, see ``cases/api_example.py``).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from . import diagnostics as diag
-from .attention import USA_LOGIT_LIMIT, AttentionModel, FieldOverflowError
-from .case import CaseError, dump_case
+from .fields.attention import USA_LOGIT_LIMIT, AttentionModel, FieldOverflowError
+from .io.case import CaseError, dump_case
 from .initial import InitialDataError, density_function, project
-from .mesh import CircleMesh, Mesh
-from .output import RunWriter
-from .health import FloatingPointWatch, StepBudget, check_density, check_row
-from .solver import NonFiniteStateError, Simulation, State
-from .timestepping import INTEGRATORS, RunHealthError, StalledRunError
+from .geometry.mesh import CircleMesh, Mesh
+from .io.output import RunWriter
+from .pde.health import FloatingPointWatch, StepBudget, check_density, check_row
+from .pde.solver import NonFiniteStateError, Simulation, State
+from .pde.timestepping import INTEGRATORS, RunHealthError, StalledRunError
 
 __all__ = ["build_mesh", "build_model", "build_simulation", "output_times", "run_case", "RunResult", "RunFailure",
            "check_same_case", "restart_paths"]
@@ -97,7 +97,7 @@ def build_mesh(case: dict, source="<case>") -> Mesh:
     dom = case["domain"]
     if dom["manifold"] == "circle":
         return CircleMesh(dom["cells"])
-    from .sphere import MeshError, parse_mesh_spec
+    from .geometry.sphere import MeshError, parse_mesh_spec
 
     try:
         return parse_mesh_spec(dom["mesh"], edge_points=dom["edge_points"])
@@ -127,7 +127,7 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
     model = build_model(case, mesh.d, source)
     s = case["solver"]
     if s["scheme"] == "spectral":
-        from .spectral_scheme import SpectralCircleSimulation
+        from .pde.spectral_scheme import SpectralCircleSimulation
 
         if mesh.manifold != "circle":
             raise CaseError(source, "solver.scheme", "\"spectral\" exists on the circle only; use \"muscl\"")
@@ -194,7 +194,7 @@ class PdeRun:
         self.mass0 = float(state.rho @ sim.mesh.areas)
 
     def check_health(self) -> None:
-        """After every step (:mod:`meanfield.health`): finite, nonnegative, mass kept."""
+        """After every step (:mod:`meanfield.pde.health`): finite, nonnegative, mass kept."""
         check_density(self.state.t, self.state.rho, self.mesh.areas, self.mass0)
 
     def first_step(self) -> tuple[float, str]:
@@ -229,7 +229,7 @@ class PdeRun:
         self.snapshots.append((state.t, state.rho.copy()))
         return arrays, row
 
-    #: The snapshot arrays a restart needs (:func:`meanfield.output.read_run`).
+    #: The snapshot arrays a restart needs (:func:`meanfield.io.output.read_run`).
     RESTART_KEYS = ("t", "density")
 
     def check_restore(self, arrays: dict) -> None:
@@ -255,7 +255,7 @@ class PdeRun:
         self.snapshots.append((self.state.t, self.state.rho.copy()))
 
     def polydata(self, arrays):
-        from .vtk_output import surface_polydata
+        from .io.vtk_output import surface_polydata
 
         return surface_polydata(self.mesh, {k: arrays[k] for k in VTK_FIELDS})
 
@@ -313,7 +313,7 @@ def check_same_case(case: dict, stored: dict, source="<case>", where="the run", 
     ``case`` differs from ``stored`` (the ``case.toml`` of a run), ``solver.t_end`` excepted
     unless ``t_end`` (for a restart its change is checked against the output times by
     :func:`drive`); ``advice`` ends the message."""
-    from .case import SCHEMA, _show
+    from .io.case import SCHEMA, _show
 
     given = dump_case(case)
     sections = list(SCHEMA) + [s for s in stored if s not in SCHEMA]
@@ -338,7 +338,7 @@ def _open_restart(run, case: dict, where: Path, times: list[float], source, vtk:
     case, the last complete snapshot, the output times. Returns the :class:`SavedRun`."""
     import tomllib
 
-    from .output import RestartError, read_run
+    from .io.output import RestartError, read_run
 
     if not where.is_dir():
         raise CaseError("--restart", str(where), "no such directory")
@@ -462,7 +462,7 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     Under MPI (``dist``) only rank 0 writes files and draws the progress bar.
 
     With ``restart`` (``True``: the run in ``out_dir``; or the directory of a run) that run
-    is continued from its last complete snapshot k (:func:`meanfield.output.read_run`):
+    is continued from its last complete snapshot k (:func:`meanfield.io.output.read_run`):
     rank 0 checks the case against its ``case.toml`` and reads snapshot k and the
     diagnostics rows 0..k. Continued in place, the products after k are removed; continued
     into another ``out_dir``, the run's directory is only read: ``out_dir`` is prepared as
@@ -486,7 +486,7 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     saved = None
     vtk = None
     if writer is not None:
-        from .output import RestartError
+        from .io.output import RestartError
 
         try:
             if restart:
@@ -500,7 +500,7 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
             if copying:
                 writer.copy_snapshots(saved)  # snapshots 0..k and the rows 0..k, read from restart_from
             if vtk_on:
-                from .vtk_output import VtkSeries
+                from .io.vtk_output import VtkSeries
 
                 vtk = VtkSeries(writer.dir)
                 if saved is not None:
@@ -673,7 +673,7 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
     result = RunResult(state=state, rows=rows, out_dir=Path(out_dir) if out_dir is not None else None,
                        snapshots=run.snapshots)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
-        from . import plots
+        from .io import plots
 
         plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"])
     return result

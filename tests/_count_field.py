@@ -14,10 +14,10 @@ import sys
 
 import numpy as np
 
-from meanfield.attention import DirectField
-from meanfield.spectral_circle import SpectralCircleField
-from meanfield.spectral_sphere import SpectralSphereField
-from meanfield.spectral_sphere_general import GeneralSphereField
+from meanfield.fields.attention import DirectField
+from meanfield.fields.spectral_circle import SpectralCircleField
+from meanfield.fields.spectral_sphere import SpectralSphereField
+from meanfield.fields.spectral_sphere_general import GeneralSphereField
 
 COUNT = {"targets": 0, "calls": 0, "sources": 0, "depth": 0}
 

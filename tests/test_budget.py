@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from meanfield import budget
-from meanfield.case import CaseError, load_case, resolve_case
+from meanfield.io.case import CaseError, load_case, resolve_case
 
 GIB = 1 << 30
 
@@ -27,7 +27,7 @@ def _rss() -> int:
 # -- estimate against the real thing --------------------------------------------------------
 _MEASURE = r"""
 import json, resource, sys, tempfile
-from meanfield.case import resolve_case
+from meanfield.io.case import resolve_case
 from meanfield.run import run_case
 case = resolve_case(json.loads(sys.argv[1]))
 with tempfile.TemporaryDirectory() as out:
@@ -165,7 +165,7 @@ def test_backend_auto_resolved_like_make_field():
 
 def test_mesh_file_cells(tmp_path):
     pv = pytest.importorskip("pyvista")
-    from meanfield.sphere import load_icosahedral
+    from meanfield.geometry.sphere import load_icosahedral
 
     m = load_icosahedral(2)
     path = tmp_path / "ico2.vtp"
@@ -212,7 +212,7 @@ def test_cgroup_limits_v1_and_v2(tmp_path):
 
 # -- large icosahedral levels say what they do ------------------------------------------------
 def test_generating_a_large_level_is_logged(tmp_path, monkeypatch, caplog):
-    from meanfield import sphere
+    from meanfield.geometry import sphere
 
     monkeypatch.setenv("MEANFIELD_CACHE", str(tmp_path))
     with caplog.at_level(logging.INFO, logger="meanfield"):

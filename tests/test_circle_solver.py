@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.finite_volume import FiniteVolume
+from meanfield.pde.finite_volume import FiniteVolume
 
 from _helpers import observed_orders, semi_discrete_rates
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tomli_w
 
-import meanfield.solver
+import meanfield.pde.solver
 from meanfield.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def case(tmp_path) -> Path:
 def no_advance(monkeypatch):
     """Record calls of Simulation.advance: invalid input must be rejected before any step."""
     calls = []
-    monkeypatch.setattr(meanfield.solver.Simulation, "advance", lambda self, *a, **k: calls.append(a))
+    monkeypatch.setattr(meanfield.pde.solver.Simulation, "advance", lambda self, *a, **k: calls.append(a))
     return calls
 
 
@@ -378,8 +378,8 @@ class _NaNAfter:
 
 def _patch_field(monkeypatch, after, mode="always"):
     counter = [0]
-    original = meanfield.solver.make_field
-    monkeypatch.setattr(meanfield.solver, "make_field",
+    original = meanfield.pde.solver.make_field
+    monkeypatch.setattr(meanfield.pde.solver, "make_field",
                         lambda model, *args, **kwargs: _NaNAfter(original(model, "direct"), after, counter, mode))
     return counter
 

@@ -8,10 +8,10 @@ import pytest
 from scipy.optimize import linprog
 
 import meanfield as mf
-from meanfield import distances as D
-from meanfield.particles import evolve
-from meanfield.sampling import sample
-from meanfield.sphere import load_icosahedral
+from meanfield.particles import distances as D
+from meanfield.particles.system import evolve
+from meanfield.particles.sampling import sample
+from meanfield.geometry.sphere import load_icosahedral
 
 
 def lp_transport(cost, a, b):

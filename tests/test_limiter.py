@@ -1,6 +1,6 @@
 """The MUSCL slope limiter itself, on discontinuous data, without the solver around it.
 
-The solver's runs cannot show a broken limiter: :class:`~meanfield.solver.Simulation`
+The solver's runs cannot show a broken limiter: :class:`~meanfield.pde.solver.Simulation`
 rejects every step whose stages would go negative (so a run with unlimited slopes stays
 nonnegative, in tiny steps) and clips round-off negatives to 0. These tests look at the
 face values and at one forward-Euler update instead:
@@ -19,8 +19,8 @@ import pytest
 from scipy import sparse
 
 import meanfield as mf
-from meanfield.finite_volume import SCHEMES, FiniteVolume
-from meanfield.sphere import SphereMesh, icosahedral
+from meanfield.pde.finite_volume import SCHEMES, FiniteVolume
+from meanfield.geometry.sphere import SphereMesh, icosahedral
 
 
 def _shuffled(mesh, seed=0, edge_points=2):

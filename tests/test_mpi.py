@@ -59,7 +59,7 @@ def user_mesh(tmp_path):
     split orders such cells along the Morton curve)."""
     import pyvista as pv
 
-    from meanfield.sphere import icosahedral
+    from meanfield.geometry.sphere import icosahedral
 
     mesh = icosahedral(2)
     perm = np.random.default_rng(5).permutation(mesh.n_cells)

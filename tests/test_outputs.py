@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meanfield import output
-from meanfield.case import SCHEMA
+from meanfield.io import output
+from meanfield.io.case import SCHEMA
 from meanfield.cli import main
 
 CELLS = 64

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from meanfield import diagnostics as diag
-from meanfield.case import CaseError, load_case, resolve_case
-from meanfield.particle_run import run_particles
+from meanfield.io.case import CaseError, load_case, resolve_case
+from meanfield.particles.run import run_particles
 
 ROOT = Path(__file__).resolve().parents[1]
 DELTA = math.acos(0.999)

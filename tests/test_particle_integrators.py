@@ -9,9 +9,9 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import meanfield as mf
-from meanfield.particles import (INTEGRATORS, ParticleSettingError, ParticleState, ParticleSystem, evolve,
+from meanfield.particles.system import (INTEGRATORS, ParticleSettingError, ParticleState, ParticleSystem, evolve,
                                  max_row_norm, retract)
-from meanfield.timestepping import NonFiniteStateError, StalledRunError
+from meanfield.pde.timestepping import NonFiniteStateError, StalledRunError
 
 
 def random_points(n, d, seed):
@@ -250,8 +250,8 @@ def test_fixed_dt_is_refused_by_the_error_controlled_integrators():
         assert err.value.key == "solver.dt"
     assert ParticleSystem(field).integrator.name == "dopri5"  # no integrator named: by dt
     assert ParticleSystem(field, dt=0.1).integrator.name == "rk4"
-    from meanfield.case import CaseError
-    from meanfield.particle_run import build_particles
+    from meanfield.io.case import CaseError
+    from meanfield.particles.run import build_particles
 
     case = mf.resolve_case({"domain": {"manifold": "circle", "cells": 32}, "solver": {"dt": 0.1},
                             "particles": {"n": 8}})

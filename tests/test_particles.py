@@ -7,7 +7,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import meanfield as mf
-from meanfield.particles import INTEGRATORS, ParticleState, ParticleSystem, evolve
+from meanfield.particles.system import INTEGRATORS, ParticleState, ParticleSystem, evolve
 
 
 def on_circle(angles):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.finite_volume import FiniteVolume
-from meanfield.mesh import CircleMesh, morton_order
+from meanfield.pde.finite_volume import FiniteVolume
+from meanfield.geometry.mesh import CircleMesh, morton_order
 from meanfield.parallel import Distributor, Partition
-from meanfield.sphere import SphereMesh, icosahedral
+from meanfield.geometry.sphere import SphereMesh, icosahedral
 
 
 class _Comm:

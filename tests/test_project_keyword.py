@@ -7,9 +7,9 @@ import pytest
 
 import meanfield as mf
 from meanfield.parallel import DistributedField, split_evaluate
-from meanfield.spectral_circle import SpectralCircleField
-from meanfield.spectral_sphere import SpectralSphereField
-from meanfield.spectral_sphere_general import GeneralSphereField
+from meanfield.fields.spectral_circle import SpectralCircleField
+from meanfield.fields.spectral_sphere import SpectralSphereField
+from meanfield.fields.spectral_sphere_general import GeneralSphereField
 
 
 def _sphere(rng, n, d):

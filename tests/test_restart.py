@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from meanfield.cli import main
-from meanfield.output import read_run
+from meanfield.io.output import read_run
 
 from _helpers import MEANFIELD, MPIEXEC, launch
 
@@ -181,7 +181,7 @@ def test_restart_from_damaged_directory_is_bitwise_identical(capsys, tmp_path, m
 
 
 def test_python_api_restart(tmp_path):
-    from meanfield.case import load_case
+    from meanfield.io.case import load_case
     from meanfield.run import run_case
 
     case_path = write_case(tmp_path, "circle", t_end=1.0, every=0.25)
@@ -351,7 +351,7 @@ def test_restart_out_spellings_and_unwritable_other(capsys, tmp_path):
 
 
 def test_python_api_restart_into_another_directory(tmp_path):
-    from meanfield.case import load_case
+    from meanfield.io.case import load_case
     from meanfield.run import run_case
 
     case = load_case(write_case(tmp_path, "circle", t_end=1.0, every=0.25))

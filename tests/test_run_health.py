@@ -22,8 +22,8 @@ import pytest
 
 from _helpers import MEANFIELD, MPIEXEC, launch
 from meanfield.cli import main
-from meanfield.health import MASS_TOLERANCE, FloatingPointWatch, StepBudget, check_density, check_row
-from meanfield.timestepping import RunHealthError, StalledRunError
+from meanfield.pde.health import MASS_TOLERANCE, FloatingPointWatch, StepBudget, check_density, check_row
+from meanfield.pde.timestepping import RunHealthError, StalledRunError
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTERS = REPO / "cases" / "circle_sa_clusters.toml"

@@ -8,10 +8,10 @@ import pytest
 from scipy import special, stats
 
 import meanfield as mf
-from meanfield.distances import bin_particles
+from meanfield.particles.distances import bin_particles
 from meanfield.initial import InitialDataError
-from meanfield.sampling import sample, vmf_log_normalizer
-from meanfield.sphere import load_icosahedral
+from meanfield.particles.sampling import sample, vmf_log_normalizer
+from meanfield.geometry.sphere import load_icosahedral
 
 
 def initial(manifold="circle", base_dir=".", **kw):

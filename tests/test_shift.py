@@ -10,12 +10,12 @@ import pytest
 from scipy import special
 
 import meanfield as mf
-from meanfield.case import CaseError, resolve_case
+from meanfield.io.case import CaseError, resolve_case
 from meanfield.run import build_model
-from meanfield.solver import make_field
-from meanfield.spectral_circle import SpectralCircleField
-from meanfield.spectral_sphere import SpectralSphereField
-from meanfield.spectral_sphere_general import GeneralSphereField
+from meanfield.pde.solver import make_field
+from meanfield.fields.spectral_circle import SpectralCircleField
+from meanfield.fields.spectral_sphere import SpectralSphereField
+from meanfield.fields.spectral_sphere_general import GeneralSphereField
 
 
 def _sphere(rng, n, d):
@@ -205,7 +205,7 @@ def test_shifted_energy_is_exp_minus_beta_c_times_the_energy_and_finite():
 
 
 def test_shifted_usa_particles_ascend_the_shifted_energy():
-    from meanfield.particles import evolve
+    from meanfield.particles.system import evolve
 
     rng = np.random.default_rng(4)
     x0 = np.array([0.0, 0.0, 1.0]) + 0.12 * rng.normal(size=(60, 3))
@@ -219,8 +219,8 @@ def test_shifted_usa_particles_ascend_the_shifted_energy():
 
 
 def test_shifted_usa_pde_ascends_the_shifted_energy():
-    from meanfield.mesh import CircleMesh
-    from meanfield.solver import Simulation, State
+    from meanfield.geometry.mesh import CircleMesh
+    from meanfield.pde.solver import Simulation, State
 
     mesh = CircleMesh(256)
     model = mf.AttentionModel(d=2, beta=100.0, normalized=False, shift=True)
@@ -236,8 +236,8 @@ def test_shifted_usa_pde_ascends_the_shifted_energy():
 
 
 def test_shifted_pseudo_spectral_scheme_velocity():
-    from meanfield.mesh import CircleMesh
-    from meanfield.spectral_scheme import SpectralCircleSimulation
+    from meanfield.geometry.mesh import CircleMesh
+    from meanfield.pde.spectral_scheme import SpectralCircleSimulation
 
     mesh = CircleMesh(128)
     rho = 1 + 0.3 * np.cos(3 * mesh.angles) + 0.2 * np.sin(5 * mesh.angles)

@@ -8,8 +8,8 @@ import pytest
 from scipy import special
 
 import meanfield as mf
-from meanfield.attention import DirectField, FieldOverflowError
-from meanfield.spectral_circle import (
+from meanfield.fields.attention import DirectField, FieldOverflowError
+from meanfield.fields.spectral_circle import (
     SpectralCircleField,
     _ive_rows,
     bessel_truncation,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.particles import ParticleState, ParticleSystem
-from meanfield.sampling import sample
-from meanfield.solver import make_field
+from meanfield.particles.system import ParticleState, ParticleSystem
+from meanfield.particles.sampling import sample
+from meanfield.pde.solver import make_field
 
 
 @pytest.mark.parametrize("d, normalized, beta, Q", [

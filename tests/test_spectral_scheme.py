@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.spectral_scheme import SpectralCircleSimulation, interpolant_cell_averages
+from meanfield.pde.spectral_scheme import SpectralCircleSimulation, interpolant_cell_averages
 
 
 def measure_rate(M, beta, k, normalized, eps=1e-6, z=0.02):

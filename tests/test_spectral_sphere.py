@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.attention import DirectField, FieldOverflowError
-from meanfield.sphere import icosahedral
+from meanfield.fields.attention import DirectField, FieldOverflowError
+from meanfield.geometry.sphere import icosahedral
 
 from _helpers import exact_sphere_field, point_sets, rel_err, smooth_measure, sphere_points
-from meanfield.spectral_sphere import SpectralSphereField, _angles, spectral_cost, spectral_lmax
+from meanfield.fields.spectral_sphere import SpectralSphereField, _angles, spectral_cost, spectral_lmax
 
 TOL = 1e-12
 
@@ -207,7 +207,7 @@ def test_spectral_cost_is_a_usable_estimate():
 def test_angle_cache_never_serves_stale_angles():
     """Large point sets reuse their angles across calls, but only while the coordinates are
     equal: points changed in place get fresh angles (and the fields stay exact)."""
-    from meanfield.spectral_sphere import _angles
+    from meanfield.fields.spectral_sphere import _angles
 
     rng = np.random.default_rng(11)
     x = rng.normal(size=(5000, 3))

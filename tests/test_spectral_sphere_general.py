@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.attention import DirectField
-from meanfield.solver import make_field
-from meanfield.spectral_sphere import (SpectralSphereField, _angles, spectral_cost, spectral_sphere_cost,
+from meanfield.fields.attention import DirectField
+from meanfield.pde.solver import make_field
+from meanfield.fields.spectral_sphere import (SpectralSphereField, _angles, spectral_cost, spectral_sphere_cost,
                                        spectral_sphere_field)
-from meanfield.spectral_sphere_general import (MAX_COEFFICIENT_BYTES, GeneralSphereField, _Layout, _scale,
+from meanfield.fields.spectral_sphere_general import (MAX_COEFFICIENT_BYTES, GeneralSphereField, _Layout, _scale,
                                                general_cost, general_plan, real_harmonics)
-from meanfield.sphere import icosahedral
+from meanfield.geometry.sphere import icosahedral
 
 from _helpers import exact_sphere_field, point_sets, rel_err, smooth_measure, sphere_points
 

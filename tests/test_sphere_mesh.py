@@ -1,4 +1,4 @@
-"""Geometry and validation of triangulated sphere meshes (meanfield.sphere)."""
+"""Geometry and validation of triangulated sphere meshes (meanfield.geometry.sphere)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from meanfield.sphere import (
+from meanfield.geometry.sphere import (
     MESH_DIR,
     SHIPPED_LEVELS,
     MeshError,
@@ -200,7 +200,7 @@ def test_shipped_files_equal_generated():
 
 
 def test_higher_levels_are_generated_and_cached(tmp_path, monkeypatch):
-    import meanfield.sphere as sph
+    import meanfield.geometry.sphere as sph
 
     monkeypatch.setenv("MEANFIELD_CACHE", str(tmp_path))
     monkeypatch.setattr(sph, "SHIPPED_LEVELS", range(0, 2))  # pretend only 0, 1 ship

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.finite_volume import FiniteVolume
-from meanfield.solver import make_field
-from meanfield.sphere import icosahedral
+from meanfield.pde.finite_volume import FiniteVolume
+from meanfield.pde.solver import make_field
+from meanfield.geometry.sphere import icosahedral
 
 from _helpers import observed_orders, semi_discrete_rates
 

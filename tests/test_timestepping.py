@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.mesh import CircleMesh
-from meanfield.solver import Simulation, State
-from meanfield.timestepping import INTEGRATORS, SSPRK43, StepRejected
+from meanfield.geometry.mesh import CircleMesh
+from meanfield.pde.solver import Simulation, State
+from meanfield.pde.timestepping import INTEGRATORS, SSPRK43, StepRejected
 
 
 def _operator(matrix):

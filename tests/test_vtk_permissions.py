@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from meanfield import output
-from meanfield.case import resolve_case
+from meanfield.io import output
+from meanfield.io.case import resolve_case
 from meanfield.run import run_case
 
 CASE = {

@@ -1,8 +1,8 @@
 """Run health: what every step and every snapshot must satisfy for the run to count as a
 valid solution, and the progress guarantees that stop a run which cannot finish.
 
-A violation raises :class:`~meanfield.timestepping.RunHealthError` (a state that is not a
-solution any more) or :class:`~meanfield.timestepping.StalledRunError` (a run that would not
+A violation raises :class:`~meanfield.pde.timestepping.RunHealthError` (a state that is not a
+solution any more) or :class:`~meanfield.pde.timestepping.StalledRunError` (a run that would not
 finish); :func:`meanfield.run.drive` turns either into exit status 1 with a one-line reason
 and the last good state saved. The bounds (``docs/outputs.md``, "Run health"):
 

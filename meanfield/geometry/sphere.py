@@ -72,7 +72,7 @@ LOG_LEVEL_FROM = 7
 #: Levels shipped in ``meshes/``.
 SHIPPED_LEVELS = range(0, 7)
 #: The shipped mesh files (next to the package in a source checkout).
-MESH_DIR = Path(__file__).resolve().parent.parent / "meshes"
+MESH_DIR = Path(__file__).resolve().parents[2] / "meshes"
 
 _LIST = 5  # offenders listed in an error message
 
@@ -279,7 +279,7 @@ class SphereMesh(Mesh):
         checks without which the arrays make no sense (closed, manifold, consistently
         oriented, no degenerate or inverted triangles, V - E + F = 2) always run.
 
-    Arrays (besides those of :class:`~meanfield.mesh.Mesh`): ``vertices (V, 3)``,
+    Arrays (besides those of :class:`~meanfield.geometry.mesh.Mesh`): ``vertices (V, 3)``,
     ``triangles (T, 3)``, ``edge_vertices (E, 2)`` (``lo < hi``; the left cell traverses
     the edge from ``lo`` to ``hi``), ``edge_lengths (E,)`` (arc lengths).
 
@@ -676,7 +676,7 @@ def _read_npz(path: Path, level: int):
 def _write_npz_atomic(path: Path, vertices: np.ndarray, triangles: np.ndarray) -> None:
     import io
 
-    from .output import atomic_write
+    from ..io.output import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

@@ -1,6 +1,6 @@
 """Spectral (Fourier) backend of the nonlocal convolution on the circle S^1.
 
-Same contract as :class:`~meanfield.attention.DirectField`: ``field(targets (N, 2),
+Same contract as :class:`~meanfield.fields.attention.DirectField`: ``field(targets (N, 2),
 sources (M, 2), weights (M,)) -> (N, 2)`` tangent field, at *arbitrary* targets and
 sources (edge points of a mesh, particle positions), in O((N + M) L) time instead of
 O(N M), L the truncation (L = 29 at beta = 9, 119 at beta = 200 for the default tolerance).
@@ -52,11 +52,11 @@ Truncation and scaling
 All Bessel factors are exponentially scaled (``I_n(rho) e^{-rho}``, ``scipy.special.ive``),
 so the scaled sums are bounded by the total weight ``W`` and nothing overflows for large
 ``beta``. SA divides the factor out; USA multiplies ``e^{rho(x)}`` back and raises
-:class:`~meanfield.attention.FieldOverflowError` where ``rho(x)`` exceeds
-:data:`~meanfield.attention.USA_LOGIT_LIMIT` (the direct backend raises when a logit between
+:class:`~meanfield.fields.attention.FieldOverflowError` where ``rho(x)`` exceeds
+:data:`~meanfield.fields.attention.USA_LOGIT_LIMIT` (the direct backend raises when a logit between
 the given points does; ``rho(x)`` is the largest logit against any point of the circle,
 so for sources that cover the circle this is the same condition). Shifted USA
-(``model.shift``, :attr:`~meanfield.attention.AttentionModel.logit_offset` ``= beta ||Q^T K||_2
+(``model.shift``, :attr:`~meanfield.fields.attention.AttentionModel.logit_offset` ``= beta ||Q^T K||_2
 = r_1 + r_2``) multiplies ``e^{rho(x) - offset} <= 1`` back instead: nothing overflows at
 any ``beta``, with the same relative accuracy (the truncation ``L ~ sqrt(beta)``: 254 at
 ``beta = 1000``, 803 at ``10^4`` for the default tolerance and ``Q = K = I``).
@@ -91,7 +91,7 @@ mass (a point mass at angle ``theta`` from that direction: ``Z_s = e^{-rho (1 - 
 theta)}``), and the spectral quotient loses its accuracy there. That is cancellation in a
 sum of O(1) terms, not truncation, so no ``L`` cures it. Those targets are detected
 (``Z_s < z_min = 2 (delta + eps_ro) / tolerance``, 2.2e-3 for ``tolerance = 1e-12``, 2.2e-7
-for 1e-8) and evaluated by :class:`~meanfield.attention.DirectField` on that subset, so SA
+for 1e-8) and evaluated by :class:`~meanfield.fields.attention.DirectField` on that subset, so SA
 always agrees with the direct field to ``tolerance * ||V||_2``; ``last_fallback`` counts
 them. A spread-out measure never falls back. A single cluster at ``beta = 9`` (isotropic)
 does at targets more than about 71 degrees from it with the default tolerance, and
@@ -233,7 +233,7 @@ def spectral_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: fl
 
 
 def direct_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: float = 1e-12) -> float:
-    """Cost of one :class:`~meanfield.attention.DirectField` call: ``N M`` pair evaluations.
+    """Cost of one :class:`~meanfield.fields.attention.DirectField` call: ``N M`` pair evaluations.
 
     ``model`` and ``tol`` are accepted for symmetry with :func:`spectral_cost`.
     """
@@ -327,7 +327,7 @@ class SpectralCircleField:
     Examples
     --------
     >>> import numpy as np, meanfield as mf
-    >>> from meanfield.spectral_circle import SpectralCircleField
+    >>> from meanfield.fields.spectral_circle import SpectralCircleField
     >>> model = mf.AttentionModel(d=2, beta=9.0)
     >>> f = SpectralCircleField(model)
     >>> f.truncation

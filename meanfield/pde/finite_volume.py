@@ -1,4 +1,4 @@
-"""Finite-volume discretization of d/dt rho + div_S(rho X[rho]) = 0 on a :class:`~meanfield.mesh.Mesh`.
+"""Finite-volume discretization of d/dt rho + div_S(rho X[rho]) = 0 on a :class:`~meanfield.geometry.mesh.Mesh`.
 
 Unknowns are cell averages ``rho_i`` of the density; the cell masses ``m_i = rho_i |C_i|``
 are the weights of the discrete measure ``sum_i m_i delta_{c_i}`` from which the attention
@@ -29,8 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from .attention import AttentionField
-from .mesh import Mesh
+from ..fields.attention import AttentionField
+from ..geometry.mesh import Mesh
 
 __all__ = ["FiniteVolume", "SCHEMES", "register_scheme"]
 

@@ -55,7 +55,7 @@ import math
 import numpy as np
 from scipy import special
 
-from .initial import InitialDataError, density_function, real_sph_harm
+from ..initial import InitialDataError, density_function, real_sph_harm
 
 __all__ = ["sample", "sphere_measure", "vmf_log_normalizer", "uniform_sphere"]
 
@@ -98,7 +98,7 @@ def sample(initial_spec: dict, d: int, n: int | None, seed, mesh=None) -> tuple[
     Parameters
     ----------
     initial_spec : dict
-        A resolved ``[initial]`` table (:func:`meanfield.case.resolve_case`).
+        A resolved ``[initial]`` table (:func:`meanfield.io.case.resolve_case`).
     d : int
         Ambient dimension (2: circle, 3: sphere; ``uniform``, ``vmf``, ``python`` and
         ``points`` accept any ``d >= 2``, ``modes`` only 2 and 3).
@@ -233,11 +233,11 @@ def _sample_vmf(rng, centers, kappas, weights, d: int, n: int) -> np.ndarray:
 # -- python: rejection from a piecewise-uniform proposal ---------------------------------------
 def _proposal_mesh(d: int):
     if d == 2:
-        from .mesh import CircleMesh
+        from ..geometry.mesh import CircleMesh
 
         return CircleMesh(1024)
     if d == 3:
-        from .sphere import load_icosahedral
+        from ..geometry.sphere import load_icosahedral
 
         return load_icosahedral(3)
     return None

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention import AttentionModel, DirectField
+from ..fields.attention import AttentionModel, DirectField
 from .finite_volume import FiniteVolume
-from .mesh import Mesh
+from ..geometry.mesh import Mesh
 from .timestepping import SSPRK, SSPRK3, NonFiniteStateError, StepRejected, Stepper
 
 __all__ = ["State", "Simulation", "NonFiniteStateError", "make_field"]
@@ -44,9 +44,9 @@ def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 
     """The attention-field backend named ``backend`` for ``model``.
 
     ``"direct"``: exact blocked sums. ``"spectral"``: truncated Fourier (S^1, any 2 x 2
-    Q, K, V; :mod:`meanfield.spectral_circle`) or spherical-harmonic expansions (S^2:
-    isotropic models by Funk--Hecke, :mod:`meanfield.spectral_sphere`; any Q, K, V by a
-    separable expansion, :mod:`meanfield.spectral_sphere_general`), accurate to
+    Q, K, V; :mod:`meanfield.fields.spectral_circle`) or spherical-harmonic expansions (S^2:
+    isotropic models by Funk--Hecke, :mod:`meanfield.fields.spectral_sphere`; any Q, K, V by a
+    separable expansion, :mod:`meanfield.fields.spectral_sphere_general`), accurate to
     ``tolerance`` relative; a ``ValueError`` where no spectral backend exists for the model
     (other dimensions) or its coefficients would not fit in memory. ``"auto"``:
     spectral where it exists and its estimated cost for ``n_targets`` x ``n_sources`` is
@@ -56,7 +56,7 @@ def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 
     """
     field = _make_field(model, backend, tolerance, n_targets, n_sources)
     if dist is not None and dist.size > 1:
-        from .parallel import DistributedField
+        from ..parallel import DistributedField
 
         return DistributedField(field, dist)
     return field
@@ -68,13 +68,13 @@ def _make_field(model, backend, tolerance, n_targets, n_sources):
     if backend not in ("spectral", "auto"):
         raise ValueError(f"unknown backend {backend!r} (choose 'direct', 'spectral' or 'auto')")
     if model.d == 2:
-        from . import spectral_circle as spectral
+        from ..fields import spectral_circle as spectral
 
         cost_of, build = spectral.spectral_cost, spectral.SpectralCircleField
     elif model.d == 3:
         # any Q, K, V: Funk--Hecke for isotropic models, else the separable expansion
         # (spectral_sphere_general), refused (ValueError) when its matrix is too large
-        from . import spectral_sphere as spectral
+        from ..fields import spectral_sphere as spectral
 
         cost_of, build = spectral.spectral_sphere_cost, spectral.spectral_sphere_field
     else:
@@ -127,7 +127,7 @@ class Simulation(Stepper):
         self.model = model
         self.partition = None
         if dist is not None and dist.size > 1:
-            from .parallel import Partition
+            from ..parallel import Partition
 
             self.partition = Partition(dist, mesh)
         if field is None:

@@ -4,10 +4,10 @@
 
     \\dot x_i = X[\\mu_n](x_i), \\qquad \\mu_n = \\sum_j w_j \\delta_{x_j}, \\qquad |x_i| = 1,
 
-with X the field of :mod:`meanfield.attention`. The empirical measure ``mu_n`` is a weak
+with X the field of :mod:`meanfield.fields.attention`. The empirical measure ``mu_n`` is a weak
 solution of the same continuity equation as the density, so the particles evaluate the
 field exactly as the finite-volume solver does: one call ``field(x, x, w)`` per stage,
-where ``field`` is any :class:`~meanfield.attention.AttentionField` backend (targets =
+where ``field`` is any :class:`~meanfield.fields.attention.AttentionField` backend (targets =
 sources = the particle positions, weights = the particle weights). A backend written for
 the PDE (direct sums, a spectral transform, an MPI split of the targets) therefore serves
 the particles unchanged.
@@ -98,8 +98,8 @@ from typing import Callable
 
 import numpy as np
 
-from .attention import AttentionField, AttentionModel
-from .timestepping import NonFiniteStateError, StalledRunError, Stepper
+from ..fields.attention import AttentionField, AttentionModel
+from ..pde.timestepping import NonFiniteStateError, StalledRunError, Stepper
 
 __all__ = [
     "INTEGRATORS",
@@ -596,7 +596,7 @@ def evolve(field: AttentionField, points, t_end: float, weights=None, *, integra
     :class:`ParticleState`.
 
     >>> import numpy as np, meanfield as mf
-    >>> from meanfield.particles import evolve
+    >>> from meanfield.particles.system import evolve
     >>> field = mf.DirectField(mf.AttentionModel(d=2, beta=1.0))
     >>> theta = np.array([0.0, 1.0])
     >>> st = evolve(field, np.c_[np.cos(theta), np.sin(theta)], 5.0, dt=0.01)

@@ -158,7 +158,7 @@ def _atoms_quantile(theta: np.ndarray, w: np.ndarray):
 
 def _density_quantile(masses: np.ndarray):
     """Quantile pieces of the piecewise-constant density with ``masses`` on the uniform
-    arcs ``[i/N, (i+1)/N)`` (turns) of a :class:`~meanfield.mesh.CircleMesh`."""
+    arcs ``[i/N, (i+1)/N)`` (turns) of a :class:`~meanfield.geometry.mesh.CircleMesh`."""
     n = masses.size
     idx = np.flatnonzero(masses > 0)
     m = masses[idx] / math.fsum(masses[idx])

@@ -2,7 +2,7 @@
 
 A :class:`Mesh` is data: cells with centres and exact measures, edges with quadrature
 points, weights and unit normals in the tangent plane, and cell neighbours. The
-finite-volume scheme (:mod:`meanfield.finite_volume`) only talks to this interface, so
+finite-volume scheme (:mod:`meanfield.pde.finite_volume`) only talks to this interface, so
 the circle (:class:`CircleMesh`) and triangulated spheres share one solver.
 
 Conventions

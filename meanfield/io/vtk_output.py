@@ -4,7 +4,7 @@
 ``masses``, ``areas`` and the vector ``velocity``; ``DIR/solution.pvd`` lists them with
 their times, so ParaView opens the whole run as one time series. Files are written
 atomically (temporary file, then rename) with the permissions of a plainly created file
-(``0o666`` less the umask, as :func:`~meanfield.output.atomic_write` gives them); the
+(``0o666`` less the umask, as :func:`~meanfield.io.output.atomic_write` gives them); the
 index is rewritten after every snapshot, so a killed run leaves a valid series of the
 snapshots written so far. A restarted run continues the series with
 :meth:`VtkSeries.resume` (in its own directory) or :meth:`VtkSeries.copy` (into another

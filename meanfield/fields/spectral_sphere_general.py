@@ -4,7 +4,7 @@ For ``mu = sum_j w_j delta_{y_j}`` the field is ``X(x) = P_x(V M(x) / Z(x))`` (S
 ``P_x(V M(x))`` (USA) with ``Z(x) = sum_j w_j k(x, y_j)``, ``M(x) = sum_j w_j k(x, y_j) y_j``
 and ``k(x, y) = exp(x^T A y)``, ``A = beta Q^T K``. :class:`GeneralSphereField` evaluates them
 from a truncated expansion of the kernel in spherical harmonics of ``x`` and ``y``, built
-once per model (:mod:`meanfield.spectral_sphere` covers isotropic models without it).
+once per model (:mod:`meanfield.fields.spectral_sphere` covers isotropic models without it).
 
 Frames and scale
 ----------------
@@ -16,7 +16,7 @@ of the *scaled* kernel ``k_s(x', y') = exp(x'^T Sigma y' - s(x')) <= 1``:
 
 * ``s = sigma_1`` (USA, and SA when ``sigma_1 - sigma_3 <= 0.5``): the x content of ``k_s``
   is then that of ``exp(b <x, u>)`` with ``b <= sigma_1`` (Funk--Hecke), so both degrees are
-  :func:`~meanfield.spectral_sphere.spectral_lmax` ``(sigma_1, tolerance)``;
+  :func:`~meanfield.fields.spectral_sphere.spectral_lmax` ``(sigma_1, tolerance)``;
 * ``s(x') = (sum_i sigma_i^2 x_i'^2 + a^2) / (2 a)``, ``a = (sigma_1 + sigma_3) / 2`` (SA,
   anisotropic ``A``): a quadratic upper bound of ``rho(x)`` (``sqrt(t) <= (t + a^2)/(2a)``)
   that exceeds it by at most ``(sigma_1 - sigma_3)^2 / (4 (sigma_1 + sigma_3))``. With the
@@ -57,8 +57,8 @@ Each call
 linear in the weights -- MPI ranks sum their parts. :meth:`GeneralSphereField.evaluate`:
 ``T = C R`` (eight GEMMs), four syntheses at the targets ``x'`` give ``Z_s = Z e^{-s}`` and
 ``M'_s``; then ``X = P_x(V W M'_s / Z_s)`` (SA) or ``P_x(V W M'_s e^{s(x)})`` (USA, which
-raises :class:`~meanfield.attention.FieldOverflowError` when ``sigma_1`` exceeds
-:data:`~meanfield.attention.USA_LOGIT_LIMIT` or the result is not finite). ``W``, the total
+raises :class:`~meanfield.fields.attention.FieldOverflowError` when ``sigma_1`` exceeds
+:data:`~meanfield.fields.attention.USA_LOGIT_LIMIT` or the result is not finite). ``W``, the total
 weight, is read from the coefficients (``sqrt(4 pi) R_00``). Cost: ``O((N + M) s^2 +
 lmax^2 log lmax)`` for the transforms plus the GEMM (:func:`general_cost`); ``sigma_1 = 0``
 (``beta = 0``) is the closed form ``P_x(V sum_j w_j y_j)`` (``/ W`` for SA).
@@ -68,7 +68,7 @@ projection: ``M'`` is the whole vector sum, so this is the same computation minu
 with the same accuracy (the SA error estimate below bounds the whole vector).
 
 Shifted USA (``model.shift``): the logit offset ``beta ||Q^T K||_2 = sigma_1``
-(:attr:`~meanfield.attention.AttentionModel.logit_offset`) turns the factor ``e^{s(x)}`` into
+(:attr:`~meanfield.fields.attention.AttentionModel.logit_offset`) turns the factor ``e^{s(x)}`` into
 ``e^{s(x) - sigma_1} = 1`` (constant scale): finite at any ``beta``. Large ``beta`` is
 limited by the coefficient matrix instead (``~(lmax + 1)^4`` bytes, ``lmax ~ sqrt(beta)``:
 refused from ``beta ||Q^T K||_2 ~ 550`` on at the default tolerance, earlier for anisotropic
@@ -95,7 +95,7 @@ von Mises--Fisher, clustered and point measures, random models with ``beta`` 1..
 (``lmax <= 24``) and 0.14 ``epsilon B`` above, so the estimate exceeds them by a factor of 3
 or more (and the field error by 30 or more). Targets with ``err(x) > tolerance`` or
 ``Z_s(x) <= 10 (eta B_Z + W tau)`` are recomputed by
-:class:`~meanfield.attention.DirectField` (``last_fallback_count``), so SA meets
+:class:`~meanfield.fields.attention.DirectField` (``last_fallback_count``), so SA meets
 ``tolerance * ||V||_2`` at every target. Since ``epsilon`` cannot go below 3e-13 and ``Z_s``
 varies over the sphere with the anisotropy even for a uniform measure, the default
 ``tolerance = 1e-12`` sends most SA targets to the direct sums once ``beta ||A||`` is large
@@ -506,7 +506,7 @@ def _transform_accuracy(epsilon: float, lmax: int) -> float:
 class GeneralSphereField:
     """Attention field on S^2 for any 3 x 3 ``Q, K, V`` by a separable harmonic expansion.
 
-    Implements the :class:`~meanfield.attention.AttentionField` protocol, in two phases
+    Implements the :class:`~meanfield.fields.attention.AttentionField` protocol, in two phases
     (:meth:`coefficients` of a measure, summable over parts; :meth:`evaluate` at targets).
     See the module docstring for the method, the accuracy model and the limits.
 
@@ -533,13 +533,13 @@ class GeneralSphereField:
     coefficient_bytes : int
         Size of the coefficient matrix; ``build_seconds`` the time it took.
     last_fallback_count : int
-        SA targets recomputed by :class:`~meanfield.attention.DirectField` in the last call.
+        SA targets recomputed by :class:`~meanfield.fields.attention.DirectField` in the last call.
 
     Examples
     --------
     >>> import numpy as np
     >>> import meanfield as mf
-    >>> from meanfield.spectral_sphere_general import GeneralSphereField
+    >>> from meanfield.fields.spectral_sphere_general import GeneralSphereField
     >>> model = mf.AttentionModel(d=3, beta=9.0, K=[[1, -0.5, 0], [0.5, 1, 0], [0, 0, 1]],
     ...                           V=[[1, -1, 0], [1, 1, 0], [0, 0, 1]])
     >>> field = GeneralSphereField(model)
@@ -762,7 +762,7 @@ def _transform_overhead(L: int) -> float:
 def general_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: float = 1e-12) -> float:
     """Cost estimate of one :class:`GeneralSphereField` call, in direct pair evaluations.
 
-    Comparable with ``n_targets * n_sources`` (:class:`~meanfield.attention.DirectField`).
+    Comparable with ``n_targets * n_sources`` (:class:`~meanfield.fields.attention.DirectField`).
     The model, calibrated on one core (2 ns per direct pair; icosahedral levels 2..6,
     beta 1..80, ``lmax`` 13..110; within ~30% where the machine was quiet):
 

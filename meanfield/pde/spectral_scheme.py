@@ -37,8 +37,8 @@ import math
 import numpy as np
 from scipy import special
 
-from .attention import AttentionModel
-from .mesh import CircleMesh
+from ..fields.attention import AttentionModel
+from ..geometry.mesh import CircleMesh
 from .solver import State
 from .timestepping import NonFiniteStateError, Stepper
 

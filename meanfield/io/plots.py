@@ -3,7 +3,7 @@
 * ``density.png`` (circle): the density over angle and time as a space-time image, with
   the initial and final profiles beside it.
 * ``initial.png``, ``final.png`` (sphere): the density on the sphere from two opposite
-  view points (pyvista, rendered offscreen; :mod:`meanfield.render`).
+  view points (pyvista, rendered offscreen; :mod:`meanfield.io.render`).
 * ``diagnostics.png``: energy, order parameter, number of clusters, extremes of the
   density and the mass error over time.
 """
@@ -123,7 +123,7 @@ def plot_particles(path, mesh, points, weights, t: float, density=None) -> Path:
     path = Path(path)
     if mesh.manifold == "sphere":
         from .render import render_sphere
-        from .distances import bin_particles
+        from ..particles.distances import bin_particles
 
         shown = density if density is not None else bin_particles(mesh, points, weights) / mesh.areas
         what = "PDE density" if density is not None else "particle histogram"

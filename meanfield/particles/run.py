@@ -26,16 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import diagnostics as diag
-from .case import CaseError
+from .. import diagnostics as diag
+from ..io.case import CaseError
 from .distances import bin_particles, distance
-from .initial import InitialDataError
-from .output import atomic_write
-from .particles import ParticleState, ParticleSystem
-from .timestepping import RunHealthError
-from .run import agreed, preflight, build_mesh, build_model, drive, restart_paths, run_case
+from ..initial import InitialDataError
+from ..io.output import atomic_write
+from .system import ParticleState, ParticleSystem
+from ..pde.timestepping import RunHealthError
+from ..run import agreed, preflight, build_mesh, build_model, drive, restart_paths, run_case
 from .sampling import sample
-from .solver import make_field
+from ..pde.solver import make_field
 
 __all__ = ["ParticleRun", "build_particles", "run_particles", "run_compare", "fit_exponent"]
 
@@ -73,11 +73,11 @@ def histogram_mesh(mesh, n: int):
     (``min_density``, ``max_density``; clusters are counted from the tokens): about 64 or
     more particles per cell, so sampling noise (relative size ~ 1/sqrt(particles per
     cell)) stays moderate; never finer than the case's mesh."""
-    from .mesh import CircleMesh
+    from ..geometry.mesh import CircleMesh
 
     if mesh.manifold == "circle":
         return CircleMesh(max(8, min(mesh.n_cells, n // 64)))
-    from .sphere import icosahedral
+    from ..geometry.sphere import icosahedral
 
     level = 0
     while 20 * 4 ** (level + 1) <= min(n // 64, mesh.n_cells):
@@ -128,7 +128,7 @@ class ParticleRun:
         self.snapshots.append((st.t, st.x.copy(), st.weights.copy()))
         return arrays, row
 
-    #: The snapshot arrays a restart needs (:func:`meanfield.output.read_run`).
+    #: The snapshot arrays a restart needs (:func:`meanfield.io.output.read_run`).
     RESTART_KEYS = ("t", "points", "masses")
 
     def check_restore(self, arrays: dict) -> None:
@@ -171,7 +171,7 @@ class ParticleRun:
         return f"{self.state.steps} steps" + (f" ({rejected} rejected by the error control)" if rejected else "")
 
     def check_health(self) -> None:
-        """After every step (:mod:`meanfield.health`): finite positions on the sphere."""
+        """After every step (:mod:`meanfield.pde.health`): finite positions on the sphere."""
         x = self.state.x
         if not np.all(np.isfinite(x)):
             bad = int(np.flatnonzero(~np.all(np.isfinite(x), axis=1))[0])
@@ -237,7 +237,7 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist,
                      restart=paths[0] if paths is not None else False, overwrite=overwrite)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
-        from . import plots
+        from ..io import plots
 
         plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, shifted=case["model"]["shift"])
         t, x, w = run.snapshots[-1]
@@ -296,7 +296,7 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
     log.info("%s", table)
     atomic_write(out / "compare.txt", table + "\n")
     if case["output"]["plots"]:
-        from . import plots
+        from ..io import plots
 
         plots.plot_compare(out / "compare.png", rows)
         t, x, w = last

@@ -27,13 +27,13 @@ so the USA field is ``X = (v/b) grad_S Phi`` and the SA field is
 
 Cost: ``O((N + M) s^2 + lmax^2 log lmax)`` (ducc0 spreads each point onto an oversampled
 ``~(2 lmax)^2`` Fourier grid with a kernel of width ``s ~ 14`` at double precision; see
-:func:`spectral_cost`), against ``O(N M)`` for :class:`~meanfield.attention.DirectField`;
+:func:`spectral_cost`), against ``O(N M)`` for :class:`~meanfield.fields.attention.DirectField`;
 ``lmax`` grows like ``sqrt(2 |b| log(1/tol))``.
 
 Scaling. All coefficients are carried as ``lambda_l e^{-|b|}``, so the scaled potential
 ``Phi_s = Phi e^{-|b|}`` never exceeds the total weight ``W``. The factor cancels in SA; USA
-multiplies it back and raises :class:`~meanfield.attention.FieldOverflowError` when
-``|b|`` exceeds :data:`~meanfield.attention.USA_LOGIT_LIMIT` (the spectral backend cannot see
+multiplies it back and raises :class:`~meanfield.fields.attention.FieldOverflowError` when
+``|b|`` exceeds :data:`~meanfield.fields.attention.USA_LOGIT_LIMIT` (the spectral backend cannot see
 individual logits, so it applies the direct backend's limit to the largest possible logit,
 ``|b|``) or the result is not finite.
 
@@ -52,7 +52,7 @@ every target the backend estimates the absolute SA error,
     \\qquad \\rho = \\min(1, |X(x)| / |v|),
 
 (``tau_Phi``, ``tau_g`` the truncation tails of ``Phi_s`` and ``|grad Phi_s| / |b|`` per unit
-mass, see :func:`spectral_lmax`), and recomputes with :class:`~meanfield.attention.DirectField`
+mass, see :func:`spectral_lmax`), and recomputes with :class:`~meanfield.fields.attention.DirectField`
 the targets where it exceeds ``tolerance * |v|`` (and those where ``Phi_s`` itself is not
 resolved). The number of such targets in the last call is ``last_fallback_count``. ``eta``
 is calibrated against measured errors (:func:`_transform_accuracy`, a factor >= 2.5 of
@@ -70,7 +70,7 @@ small against ``max |X|``.
 ``b = 0`` is evaluated in closed form: ``X = v P_x(sum_j w_j y_j)`` (divided by ``W`` for SA).
 
 Shifted USA (``model.shift``). The logit offset ``beta ||Q^T K||_2 = |b|``
-(:attr:`~meanfield.attention.AttentionModel.logit_offset`) replaces the factor ``e^{|b|}``
+(:attr:`~meanfield.fields.attention.AttentionModel.logit_offset`) replaces the factor ``e^{|b|}``
 by ``e^{|b| - offset} = 1``: the scaled sums *are* the shifted field, finite for any ``b``,
 with the same error relative to ``max |X|``; ``lmax`` grows like ``sqrt(|b|)`` (287 at
 ``|b| = 1000``, 931 at ``10^4`` for the default tolerance).
@@ -92,7 +92,7 @@ weights, so ranks holding parts of the measure sum (``Allreduce``) their partial
 :meth:`SpectralSphereField.evaluate` needs only the summed coefficients (the total weight is
 ``sqrt(4 pi) a_00``), plus the whole measure for the SA direct fallback.
 
-General ``Q, K, V`` are handled by :mod:`meanfield.spectral_sphere_general` (a separable
+General ``Q, K, V`` are handled by :mod:`meanfield.fields.spectral_sphere_general` (a separable
 expansion of the kernel built once per model); :func:`spectral_sphere_field` and
 :func:`spectral_sphere_cost` choose between the two for any model on S^2.
 """
@@ -206,7 +206,7 @@ def spectral_lmax(b: float, tolerance: float = 1e-12) -> int:
 def spectral_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: float = 1e-12) -> float:
     """Cost estimate of one spectral call, in units of one direct pair evaluation.
 
-    :class:`~meanfield.attention.DirectField` costs ``n_targets * n_sources`` such units, so
+    :class:`~meanfield.fields.attention.DirectField` costs ``n_targets * n_sources`` such units, so
     a ``backend = "auto"`` choice compares ``spectral_cost(...)`` with
     ``n_targets * n_sources``. The model, calibrated on one core against the direct sums
     (about 5e8 pairs/s), is
@@ -286,12 +286,12 @@ def _frame(loc: np.ndarray) -> tuple:
 class SpectralSphereField:
     """Attention field on S^2 by spherical-harmonic transforms at arbitrary points.
 
-    Implements the :class:`~meanfield.attention.AttentionField` protocol for isotropic
+    Implements the :class:`~meanfield.fields.attention.AttentionField` protocol for isotropic
     models (``Q^T K = c I``, ``V = v I``; see the module docstring for the method, the
     accuracy model and the direct fallback), in two phases (:meth:`coefficients`,
     :meth:`evaluate`). Other models raise ``ValueError`` here: use
     :func:`spectral_sphere_field`, which builds a
-    :class:`~meanfield.spectral_sphere_general.GeneralSphereField` for them.
+    :class:`~meanfield.fields.spectral_sphere_general.GeneralSphereField` for them.
 
     Parameters
     ----------
@@ -312,13 +312,13 @@ class SpectralSphereField:
     b : float
         ``beta c``, the kernel's exponent.
     last_fallback_count : int
-        SA targets recomputed by :class:`~meanfield.attention.DirectField` in the last call.
+        SA targets recomputed by :class:`~meanfield.fields.attention.DirectField` in the last call.
 
     Examples
     --------
     >>> import numpy as np
     >>> import meanfield as mf
-    >>> from meanfield.spectral_sphere import SpectralSphereField
+    >>> from meanfield.fields.spectral_sphere import SpectralSphereField
     >>> field = SpectralSphereField(mf.AttentionModel(d=3, beta=9.0))
     >>> field.lmax
     31
@@ -548,9 +548,9 @@ def spectral_sphere_field(model: AttentionModel, tolerance: float = 1e-12):
 
     Isotropic models (``Q^T K = c I`` and ``V = v I``): :class:`SpectralSphereField`
     (Funk--Hecke, no precomputation). Any other ``Q, K, V``:
-    :class:`~meanfield.spectral_sphere_general.GeneralSphereField` (a separable expansion
+    :class:`~meanfield.fields.spectral_sphere_general.GeneralSphereField` (a separable expansion
     of the kernel built once); it raises ``ValueError`` when its coefficient matrix would
-    exceed :data:`~meanfield.spectral_sphere_general.MAX_COEFFICIENT_BYTES`. Both have
+    exceed :data:`~meanfield.fields.spectral_sphere_general.MAX_COEFFICIENT_BYTES`. Both have
     ``name = "spectral"``, ``model``, ``last_fallback_count``, ``tolerance`` and the
     two-phase ``coefficients`` / ``evaluate`` API.
     """
@@ -567,7 +567,7 @@ def spectral_sphere_cost(model: AttentionModel, n_targets: int, n_sources: int, 
     """Cost of one call of :func:`spectral_sphere_field` ``(model)``, in direct pair evaluations.
 
     :func:`spectral_cost` for isotropic models,
-    :func:`~meanfield.spectral_sphere_general.general_cost` otherwise (which includes a share
+    :func:`~meanfield.fields.spectral_sphere_general.general_cost` otherwise (which includes a share
     of the construction); ``inf`` where no spectral backend applies (``d != 3``, or a
     coefficient matrix above the limit).
     """
