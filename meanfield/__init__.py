@@ -12,7 +12,8 @@ Typical script use::
 or build the pieces directly (see ``cases/api_example.py``).
 """
 
-from .fields.attention import AttentionModel, DirectField, FieldOverflowError, energy, growth_rate
+from .fields.attention import AttentionModel, DirectField, FieldOverflowError, growth_rate
+from .fields.energy import energy
 from .io.case import CaseError, load_case, resolve_case
 from .diagnostics import ClusterCriterion, find_clusters
 from .pde.finite_volume import SCHEMES, FiniteVolume

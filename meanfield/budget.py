@@ -54,7 +54,7 @@ A PDE step evaluates the field once per stage (3 for ``ssprk3``, 4 for ``ssprk43
 at the ``E q`` flux points from the ``N`` cells: direct sums cost ``E q N`` pairs at
 :data:`PAIR_SECONDS` each (~5e8 pairs/s on one core), the spectral backends their cost
 models (:func:`meanfield.fields.spectral_circle.spectral_cost`,
-:func:`meanfield.fields.spectral_sphere.spectral_sphere_cost`, in the same pair units); the
+:func:`meanfield.fields.spectral_sphere_general.spectral_sphere_cost`, in the same pair units); the
 finite-volume work adds :data:`FV_STAGE_SECONDS` per cell and stage. A particle step costs
 its field evaluations (``dopri5`` 6, ``bs32`` 3, ``rk4`` 4, Euler 1) of ``n x n``.
 ``backend = "auto"`` is resolved exactly as :func:`meanfield.pde.solver.make_field` does.
@@ -257,7 +257,7 @@ def _field_choice(model, backend: str, tolerance: float, n_targets: int, n_sourc
 
             cost = spectral_cost(model, n_targets, n_sources, tolerance)
         else:
-            from .fields.spectral_sphere import spectral_sphere_cost
+            from .fields.spectral_sphere_general import spectral_sphere_cost
 
             cost = spectral_sphere_cost(model, n_targets, n_sources, tolerance)
     except (ValueError, ImportError):

@@ -26,7 +26,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from .fields.attention import AttentionModel, energy
+from .fields.attention import AttentionModel
+from .fields.energy import energy
 
 __all__ = ["ClusterCriterion", "find_clusters", "find_particle_clusters", "particle_groups", "compute"]
 
@@ -219,7 +220,7 @@ def max_speed(velocity: np.ndarray) -> float:
 
 
 def run_energy(model: AttentionModel, points, weights) -> float:
-    """The ``energy`` column: :func:`~meanfield.fields.attention.energy`, shifted (``exp(-beta c) E``)
+    """The ``energy`` column: :func:`~meanfield.fields.energy.energy`, shifted (``exp(-beta c) E``)
     when ``model.shift`` is set -- for USA the functional it ascends, for SA (whose dynamics
     the shift does not change) the way to keep the column finite at large beta, where ``E``
     exceeds double precision. An overflow gives ``inf``, which the run-health check reports."""

@@ -172,7 +172,7 @@ def test_isotropy_detection():
 def test_spectral_energy_equals_the_double_sum(d, qk, beta):
     """The diagonalized (Fourier / Funk--Hecke) energy of a rotation-invariant kernel equals
     the blocked double sum (measured: <= 7e-14 relative)."""
-    from meanfield.fields.attention import energy
+    from meanfield.fields.energy import energy
 
     rng = np.random.default_rng(int(10 * beta) + d)
     x = rng.normal(size=(2000, d))
@@ -185,7 +185,7 @@ def test_spectral_energy_equals_the_double_sum(d, qk, beta):
 
 
 def test_spectral_energy_refuses_anisotropic_kernels():
-    from meanfield.fields.attention import energy
+    from meanfield.fields.energy import energy
 
     model = mf.AttentionModel(d=3, beta=1.0, Q=np.diag([1.0, 2.0, 3.0]))
     x = np.eye(3)

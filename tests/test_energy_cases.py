@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import meanfield as mf
-from meanfield.fields.attention import ENERGY_SPECTRAL_MIN_POINTS
+from meanfield.fields.energy import ENERGY_SPECTRAL_MIN_POINTS
 
 
 def _points(d, n, seed=0):

@@ -10,7 +10,8 @@ from meanfield.fields.attention import DirectField, FieldOverflowError
 from meanfield.geometry.sphere import icosahedral
 
 from _helpers import exact_sphere_field, point_sets, rel_err, smooth_measure, sphere_points
-from meanfield.fields.spectral_sphere import SpectralSphereField, _angles, spectral_cost, spectral_lmax
+from meanfield.fields.spectral_sphere import SpectralSphereField, spectral_cost, spectral_lmax
+from meanfield.fields.sphere_transforms import AngleCache, point_angles
 
 TOL = 1e-12
 
@@ -177,7 +178,7 @@ def test_ducc_spin1_deriv1_is_the_surface_gradient():
     L = 12
     alm = rng.normal(size=(1, (L + 1) * (L + 2) // 2)) + 1j * rng.normal(size=(1, (L + 1) * (L + 2) // 2))
     alm[0, : L + 1] = alm[0, : L + 1].real  # m = 0 coefficients of a real map are real
-    loc = _angles(sphere_points(rng, 50))
+    loc = point_angles(sphere_points(rng, 50))
     loc[:, 0] = np.clip(loc[:, 0], 0.2, math.pi - 0.2)
     kw = dict(alm=alm, lmax=L, epsilon=1e-12, nthreads=1)
     d = synthesis_general(spin=1, loc=loc, mode="DERIV1", **kw)
@@ -207,15 +208,14 @@ def test_spectral_cost_is_a_usable_estimate():
 def test_angle_cache_never_serves_stale_angles():
     """Large point sets reuse their angles across calls, but only while the coordinates are
     equal: points changed in place get fresh angles (and the fields stay exact)."""
-    from meanfield.fields.spectral_sphere import _angles
-
+    cache = AngleCache()
     rng = np.random.default_rng(11)
     x = rng.normal(size=(5000, 3))
     x /= np.linalg.norm(x, axis=1)[:, None]
-    first = _angles(x)
-    assert _angles(x.copy()) is first  # equal coordinates: the kept angles
+    first = cache.angles(x)
+    assert cache.angles(x.copy()) is first  # equal coordinates: the kept angles
     x[17] = [0.0, 0.0, 1.0]  # changed in place
-    again = _angles(x)
+    again = cache.angles(x)
     assert again is not first and again[17, 0] == 0.0
     fresh = np.stack([np.arctan2(np.hypot(x[:, 0], x[:, 1]), x[:, 2]), np.mod(np.arctan2(x[:, 1], x[:, 0]), 2 * np.pi)], 1)
     assert np.array_equal(again, fresh)

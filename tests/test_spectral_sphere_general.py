@@ -8,8 +8,9 @@ import pytest
 import meanfield as mf
 from meanfield.fields.attention import DirectField
 from meanfield.pde.solver import make_field
-from meanfield.fields.spectral_sphere import (SpectralSphereField, _angles, spectral_cost, spectral_sphere_cost,
-                                       spectral_sphere_field)
+from meanfield.fields.spectral_sphere import SpectralSphereField, spectral_cost
+from meanfield.fields.spectral_sphere_general import spectral_sphere_cost, spectral_sphere_field
+from meanfield.fields.sphere_transforms import point_angles
 from meanfield.fields.spectral_sphere_general import (MAX_COEFFICIENT_BYTES, GeneralSphereField, _Layout, _scale,
                                                general_cost, general_plan, real_harmonics)
 from meanfield.geometry.sphere import icosahedral
@@ -299,7 +300,7 @@ def test_real_harmonics_follow_ducc0():
     L = 40
     lay = _Layout(L)
     H = real_harmonics(p, L)[lay.order]
-    loc = _angles(p)
+    loc = point_angles(p)
     for j in (0, 5, 20, 21):
         alm = adjoint_synthesis_general(map=np.eye(len(p))[j : j + 1], spin=0, lmax=L, loc=loc, epsilon=1e-13,
                                         nthreads=1)

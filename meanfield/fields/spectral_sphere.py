@@ -93,8 +93,11 @@ weights, so ranks holding parts of the measure sum (``Allreduce``) their partial
 ``sqrt(4 pi) a_00``), plus the whole measure for the SA direct fallback.
 
 General ``Q, K, V`` are handled by :mod:`meanfield.fields.spectral_sphere_general` (a separable
-expansion of the kernel built once per model); :func:`spectral_sphere_field` and
-:func:`spectral_sphere_cost` choose between the two for any model on S^2.
+expansion of the kernel built once per model), whose
+:func:`~meanfield.fields.spectral_sphere_general.spectral_sphere_field` and
+:func:`~meanfield.fields.spectral_sphere_general.spectral_sphere_cost` choose between the two
+for any model on S^2. What both backends share (accuracy settings, Bessel tails, truncation
+degree, point angles) is in :mod:`meanfield.fields.sphere_transforms`.
 """
 
 from __future__ import annotations
@@ -106,25 +109,10 @@ from scipy import special
 
 from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, DirectField, FieldOverflowError,
                         check_field_inputs, check_sources, check_targets, single_thread_blas)
+from .sphere_transforms import (ABSOLUTE_FLOOR, DUCC_EPS_FLOOR, MIN_TOLERANCE, TAIL_FRACTION, TINY_B, AngleCache,
+                                nufft_epsilon, scaled_in, spectral_lmax, tails)
 
-__all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax", "spectral_sphere_cost", "spectral_sphere_field"]
-
-#: ducc0 refuses NUFFT accuracies at or below 2e-13 in double precision.
-_DUCC_EPS_FLOOR = 3e-13
-#: The smallest tolerance accepted (round-off of the transforms is ~1e-14 of their scale).
-_MIN_TOLERANCE = 1e-13
-#: Round-off floor of the field relative to |v| (the projection and the direct sums themselves).
-_ABSOLUTE_FLOOR = 1e-14
-#: Below this |b| the modified spherical Bessel functions come from their leading series term.
-_TINY_B = 1e-50
-#: Truncation tails are kept this far below the transform accuracy eta.
-_TAIL_FRACTION = 1e-2
-
-
-def _nufft_epsilon(tolerance: float) -> float:
-    """ducc0 accuracy used for a requested tolerance: well below it, never below the floor."""
-    return max(_DUCC_EPS_FLOOR, 1e-3 * tolerance)
-
+__all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax"]
 
 def _transform_accuracy(epsilon: float, lmax: int) -> float:
     """Error of ducc0's transforms relative to the coefficient bounds ``B``.
@@ -137,70 +125,16 @@ def _transform_accuracy(epsilon: float, lmax: int) -> float:
     return (1.0 if lmax <= 20 else 0.5) * epsilon + 2e-16 * (lmax + 50)
 
 
-def _scaled_in(lmax: int, b_abs: float) -> np.ndarray:
-    """``i_l(b) e^{-b}`` for ``l = 0..lmax`` and ``b >= 0`` (no overflow for large ``b``)."""
-    ls = np.arange(lmax + 1)
-    if b_abs == 0.0:
-        return (ls == 0).astype(float)
-    if b_abs < _TINY_B:
-        # leading term b^l / (2l+1)!! of the series: exact in double, where scipy underflows
-        return np.cumprod(np.concatenate([[1.0], b_abs / (2.0 * ls[1:] + 1.0)]))
-    if b_abs <= 1.0:
-        return special.spherical_in(ls, b_abs) * math.exp(-b_abs)
-    # i_l(b) = sqrt(pi / (2 b)) I_{l+1/2}(b); ive(nu, b) = I_nu(b) e^{-b}
-    return math.sqrt(math.pi / (2.0 * b_abs)) * special.ive(ls + 0.5, b_abs)
-
 
 def _scaled_in_over_b(lmax: int, b_abs: float) -> np.ndarray:
     """``i_l(b) e^{-b} / b`` for ``l = 1..lmax`` (entry 0 is set to 0), ``b > 0``."""
-    if b_abs < _TINY_B:  # b^{l-1} / (2l+1)!!, no division by a tiny b
+    if b_abs < TINY_B:  # b^{l-1} / (2l+1)!!, no division by a tiny b
         ls = np.arange(2, lmax + 1)
         return np.concatenate([[0.0], np.cumprod(np.concatenate([[1.0 / 3.0], b_abs / (2.0 * ls + 1.0)]))])
-    out = _scaled_in(lmax, b_abs) / b_abs
+    out = scaled_in(lmax, b_abs) / b_abs
     out[0] = 0.0
     return out
 
-
-def _tails(lmax_search: int, b_abs: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scaled ``i_l`` and the truncation tails of ``Phi_s / W`` and ``|grad Phi_s| / (W |b|)``.
-
-    ``tau_phi[L] = sum_{l > L} i_l e^{-b} (2l+1)`` and
-    ``tau_g[L] = sum_{l > L} i_l e^{-b} (2l+1) sqrt(l(l+1)) / |b|`` bound the truncation error
-    of a unit mass (addition theorem: ``sum_m |Y_lm|^2 = (2l+1)/4pi``, and the same with
-    ``l(l+1)`` for ``|grad Y_lm|^2``).
-    """
-    ls = np.arange(lmax_search + 1, dtype=float)
-    il = _scaled_in(lmax_search, b_abs)
-    tphi = il * (2 * ls + 1)
-    tg = tphi * np.sqrt(ls * (ls + 1)) / b_abs
-    # tail[L] = sum over l > L: reverse cumulative sums shifted by one
-    tau_phi = np.concatenate([np.cumsum(tphi[::-1])[::-1][1:], [0.0]])
-    tau_g = np.concatenate([np.cumsum(tg[::-1])[::-1][1:], [0.0]])
-    return il, tau_phi, tau_g
-
-
-def spectral_lmax(b: float, tolerance: float = 1e-12) -> int:
-    """Truncation degree for the kernel ``exp(b <x, y>)`` at a relative tolerance.
-
-    The smallest ``L >= 1`` whose truncation tails (for a unit point mass, the worst case)
-    lie below ``1e-2 eta i_0(|b|) e^{-|b|}``, ``eta`` the transform accuracy: the truncation
-    error is then negligible against the transforms' own error for any measure (the mean
-    of ``Phi_s`` over the sphere is ``W i_0(|b|) e^{-|b|}``). Grows like
-    ``sqrt(2 |b| log(1/tol))``; ``b = 0`` gives 1 (the first moment).
-    """
-    b_abs = abs(float(b))
-    if b_abs == 0.0:
-        return 1
-    target = _TAIL_FRACTION * _nufft_epsilon(tolerance) * float(_scaled_in(0, b_abs)[0])
-    search = int(12.0 * math.sqrt(b_abs) + 40)
-    while True:
-        _, tau_phi, tau_g = _tails(search, b_abs)
-        ok = np.flatnonzero((tau_phi <= target) & (tau_g <= target))
-        # the last entries of a finite sum are 0 by construction: require a genuine margin
-        ok = ok[ok < search - 10]
-        if ok.size:
-            return max(1, int(ok[0]))
-        search *= 2
 
 
 def spectral_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: float = 1e-12) -> float:
@@ -218,7 +152,8 @@ def spectral_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: fl
     and 2 for USA); it matched measured times within ~25% for ``N, M`` from 100 to 5e5 and
     ``lmax`` from 14 to 287. SA targets recomputed by the direct fallback (clustered measures,
     see the module docstring) are not included. Returns ``inf`` when the model is not
-    isotropic or ``d != 3`` (:func:`spectral_sphere_cost` covers every model).
+    isotropic or ``d != 3``
+    (:func:`~meanfield.fields.spectral_sphere_general.spectral_sphere_cost` covers every model).
     """
     iso = model.isotropic() if model.d == 3 else None
     if iso is None:
@@ -233,56 +168,6 @@ def spectral_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: fl
     return float(per_point + n_tr * (3.5 * lmax**2 * math.log2(lmax + 1) + 26000.0))
 
 
-#: Point sets whose angles are kept: ``[(copy of the points, angles)]``, most recent last.
-_ANGLE_CACHE: list = []
-_ANGLE_CACHE_SIZE = 4
-#: Smaller point sets are not cached (their angles cost less than the comparison pays back).
-_ANGLE_CACHE_MIN_POINTS = 4096
-
-
-def _angles(x: np.ndarray) -> np.ndarray:
-    """(theta, phi) rows for ducc0: colatitude in [0, pi], longitude in [0, 2 pi).
-
-    The finite-volume solver asks for the angles of the same points (edge quadrature
-    points, cell centres) at every stage, and the two arctangents cost about 8 times a
-    comparison of the coordinates; so the angles of the last few large point sets are
-    kept and returned when the coordinates are equal (compared in full, so a point set
-    changed in place is never served stale angles). Returned arrays are read-only.
-    """
-    big = x.shape[0] >= _ANGLE_CACHE_MIN_POINTS
-    if big:
-        for k, (pts, loc) in enumerate(_ANGLE_CACHE):
-            if pts.shape == x.shape and np.array_equal(pts, x):
-                _ANGLE_CACHE.append(_ANGLE_CACHE.pop(k))
-                return loc
-    theta = np.arctan2(np.hypot(x[:, 0], x[:, 1]), x[:, 2])
-    phi = np.mod(np.arctan2(x[:, 1], x[:, 0]), 2.0 * np.pi)
-    loc = np.ascontiguousarray(np.stack([theta, phi], axis=1))
-    if big:
-        loc.flags.writeable = False
-        _ANGLE_CACHE.append((np.array(x, dtype=float, copy=True), loc))
-        del _ANGLE_CACHE[:-_ANGLE_CACHE_SIZE]
-    return loc
-
-
-#: The local frames of the kept angle sets: ``[(angles, (cos theta, sin theta, cos phi, sin phi))]``.
-_FRAME_CACHE: list = []
-
-
-def _frame(loc: np.ndarray) -> tuple:
-    """``cos theta, sin theta, cos phi, sin phi`` of the angles ``loc``; kept with the angle
-    sets of :func:`_angles` (read-only arrays, recognized by identity)."""
-    for ref, frame in _FRAME_CACHE:
-        if ref is loc:
-            return frame
-    theta, phi = loc[:, 0], loc[:, 1]
-    frame = (np.cos(theta), np.sin(theta), np.cos(phi), np.sin(phi))
-    if not loc.flags.writeable and any(loc is kept for _, kept in _ANGLE_CACHE):
-        _FRAME_CACHE.append((loc, frame))
-        del _FRAME_CACHE[:-_ANGLE_CACHE_SIZE]
-    return frame
-
-
 class SpectralSphereField:
     """Attention field on S^2 by spherical-harmonic transforms at arbitrary points.
 
@@ -290,7 +175,7 @@ class SpectralSphereField:
     models (``Q^T K = c I``, ``V = v I``; see the module docstring for the method, the
     accuracy model and the direct fallback), in two phases (:meth:`coefficients`,
     :meth:`evaluate`). Other models raise ``ValueError`` here: use
-    :func:`spectral_sphere_field`, which builds a
+    :func:`~meanfield.fields.spectral_sphere_general.spectral_sphere_field`, which builds a
     :class:`~meanfield.fields.spectral_sphere_general.GeneralSphereField` for them.
 
     Parameters
@@ -342,19 +227,20 @@ class SpectralSphereField:
                 "for general Q, K, V use spectral_sphere_field (GeneralSphereField) or DirectField"
             )
         tol = float(tolerance)
-        if not (math.isfinite(tol) and _MIN_TOLERANCE <= tol < 1.0):
-            raise ValueError(f"tolerance must lie in [{_MIN_TOLERANCE:g}, 1), got {tolerance!r}")
+        if not (math.isfinite(tol) and MIN_TOLERANCE <= tol < 1.0):
+            raise ValueError(f"tolerance must lie in [{MIN_TOLERANCE:g}, 1), got {tolerance!r}")
         self.model = model
         self.tolerance = tol
+        self._angle_cache = AngleCache()  # the angles of this field's large point sets
         self.c, self.v = iso
         self.b = model.beta * self.c
         self.lmax = spectral_lmax(self.b, tol)
-        self.epsilon = _nufft_epsilon(tol)
+        self.epsilon = nufft_epsilon(tol)
         self.eta = _transform_accuracy(self.epsilon, self.lmax)
         self.last_fallback_count = 0
         b_abs = abs(self.b)
         if b_abs > 0.0:
-            il, tau_phi, tau_g = _tails(self.lmax + 1, b_abs)
+            il, tau_phi, tau_g = tails(self.lmax + 1, b_abs)
             il = il[: self.lmax + 1]
             self._tau_phi = float(tau_phi[self.lmax])
             self._tau_g = float(tau_g[self.lmax])
@@ -369,7 +255,7 @@ class SpectralSphereField:
             # i_l'(-b) = (-1)^{l+1} i_l'(|b|)), and lambda_l - sgn(b) lambda_l' (SA radial part:
             # the kernel (1 - sgn(b) <x, y>) e^{b <x, y>}), with their truncation tails per unit mass
             ext = self.lmax + 40
-            il_ext = _scaled_in(ext + 1, b_abs)
+            il_ext = scaled_in(ext + 1, b_abs)
             ls_ext = np.arange(ext + 1, dtype=float)
             dil = (ls_ext * np.concatenate([[0.0], il_ext[:-2]]) + (ls_ext + 1) * il_ext[1:]) / (2 * ls_ext + 1)
             parity = np.where(np.arange(ext + 1) % 2 == 1, -1.0, 1.0) if self.b < 0 else 1.0
@@ -419,7 +305,7 @@ class SpectralSphereField:
         from ducc0.sht.experimental import adjoint_synthesis_general
 
         alm = adjoint_synthesis_general(
-            map=w[None, :], spin=0, lmax=self.lmax, loc=_angles(y), epsilon=self.epsilon, nthreads=1
+            map=w[None, :], spin=0, lmax=self.lmax, loc=self._angle_cache.angles(y), epsilon=self.epsilon, nthreads=1
         )
         return np.ascontiguousarray(alm[0]).view(np.float64)
 
@@ -487,11 +373,11 @@ class SpectralSphereField:
                 f"{USA_LOGIT_LIMIT:.1f}; {USA_OVERFLOW_FIX}"
             )
         alm_g = alm * self._lam_g[self._l_of]
-        loc = _angles(x)
+        loc = self._angle_cache.angles(x)
         # spin-1 "DERIV1": maps (d/dtheta, 1/sin(theta) d/dphi) of the spin-0 synthesis, here
         # of Phi_s / b
         g = synthesis_general(alm=alm_g, spin=1, lmax=L, loc=loc, epsilon=eps, nthreads=1, mode="DERIV1")
-        ct, st, cp, sp = _frame(loc)
+        ct, st, cp, sp = self._angle_cache.frame(loc)
         gt, gp = g[0], g[1]
         grad = np.empty_like(x)  # grad(Phi_s) / b = gt e_theta + gp e_phi
         grad[:, 0] = gt * ct * cp - gp * sp
@@ -527,8 +413,16 @@ class SpectralSphereField:
             r_d = np.minimum(2.0, np.abs(ratio))
             b_d = float(self._w_phi @ self._degree_norms(alm_d))
             err += self.eta * (b_d + r_d * b_phi) + total * (self._tau_d + r_d * self._tau_phi)
-        err = np.where(resolved, err / safe + _ABSOLUTE_FLOOR, np.inf)
+        err = np.where(resolved, err / safe + ABSOLUTE_FLOOR, np.inf)
         return out, err
+
+    def higher_power(self, alm: np.ndarray) -> float:
+        """``sum_{l >= 1} lambda_l e^{-|b|} sum_m |a_lm|^2`` of the packed moments ``alm``
+        (complex view of :meth:`coefficients`; ``m > 0`` stored once, counted twice): the
+        Funk--Hecke series of the pair sum without its ``l = 0`` term
+        (:func:`meanfield.fields.energy.energy`)."""
+        higher = self._l_of > 0
+        return float(np.sum((self._lam[self._l_of] * self._m_mult * np.abs(alm) ** 2)[higher]))
 
     def _degree_norms(self, alm: np.ndarray) -> np.ndarray:
         """``|a_l| = sqrt(sum_{m=-l}^{l} |a_lm|^2)`` per degree (``m > 0`` stored once, counted twice)."""
@@ -538,43 +432,3 @@ class SpectralSphereField:
             return np.zeros(self.lmax + 1)
         sq = np.bincount(self._l_of, weights=self._m_mult * (mag / scale) ** 2, minlength=self.lmax + 1)
         return scale * np.sqrt(sq)
-
-
-# ---------------------------------------------------------------------------------------
-# One entry point for every model on S^2
-# ---------------------------------------------------------------------------------------
-def spectral_sphere_field(model: AttentionModel, tolerance: float = 1e-12):
-    """The spectral field for any model on S^2 (``d = 3``).
-
-    Isotropic models (``Q^T K = c I`` and ``V = v I``): :class:`SpectralSphereField`
-    (Funk--Hecke, no precomputation). Any other ``Q, K, V``:
-    :class:`~meanfield.fields.spectral_sphere_general.GeneralSphereField` (a separable expansion
-    of the kernel built once); it raises ``ValueError`` when its coefficient matrix would
-    exceed :data:`~meanfield.fields.spectral_sphere_general.MAX_COEFFICIENT_BYTES`. Both have
-    ``name = "spectral"``, ``model``, ``last_fallback_count``, ``tolerance`` and the
-    two-phase ``coefficients`` / ``evaluate`` API.
-    """
-    if model.d != 3:
-        raise ValueError(f"the spectral sphere backend works on S^2 (d = 3), got d = {model.d}")
-    if model.isotropic() is not None:
-        return SpectralSphereField(model, tolerance)
-    from .spectral_sphere_general import GeneralSphereField
-
-    return GeneralSphereField(model, tolerance)
-
-
-def spectral_sphere_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: float = 1e-12) -> float:
-    """Cost of one call of :func:`spectral_sphere_field` ``(model)``, in direct pair evaluations.
-
-    :func:`spectral_cost` for isotropic models,
-    :func:`~meanfield.fields.spectral_sphere_general.general_cost` otherwise (which includes a share
-    of the construction); ``inf`` where no spectral backend applies (``d != 3``, or a
-    coefficient matrix above the limit).
-    """
-    if model.d != 3:
-        return math.inf
-    if model.isotropic() is not None:
-        return spectral_cost(model, n_targets, n_sources, tol)
-    from .spectral_sphere_general import general_cost
-
-    return general_cost(model, n_targets, n_sources, tol)

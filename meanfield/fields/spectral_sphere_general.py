@@ -126,11 +126,12 @@ import numpy as np
 
 from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, DirectField, FieldOverflowError,
                         check_field_inputs, check_sources, check_targets, single_thread_blas)
-from .spectral_sphere import (_ABSOLUTE_FLOOR, _MIN_TOLERANCE, _TAIL_FRACTION, _angles, _nufft_epsilon, _scaled_in,
-                              _tails, spectral_lmax)
+from .spectral_sphere import SpectralSphereField, spectral_cost
+from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TAIL_FRACTION, AngleCache, nufft_epsilon, scaled_in,
+                                spectral_lmax, tails)
 
 __all__ = ["AMORTIZED_CALLS", "GeneralSphereField", "MAX_COEFFICIENT_BYTES", "general_cost", "general_plan",
-           "real_harmonics"]
+           "real_harmonics", "spectral_sphere_cost", "spectral_sphere_field"]
 
 #: Largest coefficient matrix (bytes) the backend builds; beyond it the constructor raises
 #: ``ValueError`` and ``backend = "auto"`` uses the direct sums.
@@ -356,16 +357,16 @@ def _probe_x_degree(sigma: np.ndarray, a: float, delta: float) -> tuple[int, flo
 def _plan_cached(sigma: tuple, tolerance: float, normalized: bool):
     sigma = np.array(sigma)
     s1, s3 = float(sigma[0]), float(sigma[2])
-    eps = _nufft_epsilon(tolerance)
+    eps = nufft_epsilon(tolerance)
     Ly = spectral_lmax(s1, tolerance)
-    _, tau_phi, _ = _tails(Ly + 1, s1)
+    _, tau_phi, _ = tails(Ly + 1, s1)
     tau_y = float(tau_phi[Ly])
     if not normalized or s1 - s3 <= _ANISOTROPY_QUADRATIC:
         # constant scale sigma_1: the x content of exp(x.u - sigma_1), |u| <= sigma_1, is
         # 4 pi i_l(|u|) e^{-sigma_1} (Funk--Hecke), the same bound as on the y side
         return {"a": None, "lmax_x": Ly, "lmax_y": Ly, "tau_x": tau_y, "tau_y": tau_y}
     a = 0.5 * (s1 + s3)
-    delta = _TAIL_FRACTION * eps * float(_scaled_in(0, s1)[0])
+    delta = TAIL_FRACTION * eps * float(scaled_in(0, s1)[0])
     Lx, tau_x = _probe_x_degree(sigma, a, delta)
     return {"a": a, "lmax_x": max(Lx, 1), "lmax_y": Ly, "tau_x": tau_x, "tau_y": tau_y}
 
@@ -559,12 +560,13 @@ class GeneralSphereField:
         if model.d != 3:
             raise ValueError(f"the spectral sphere backend works on S^2 (d = 3), got d = {model.d}")
         tol = float(tolerance)
-        if not (math.isfinite(tol) and _MIN_TOLERANCE <= tol < 1.0):
-            raise ValueError(f"tolerance must lie in [{_MIN_TOLERANCE:g}, 1), got {tolerance!r}")
+        if not (math.isfinite(tol) and MIN_TOLERANCE <= tol < 1.0):
+            raise ValueError(f"tolerance must lie in [{MIN_TOLERANCE:g}, 1), got {tolerance!r}")
         limit = MAX_COEFFICIENT_BYTES if max_bytes is None else float(max_bytes)
         self.model = model
         self.tolerance = tol
-        self.epsilon = _nufft_epsilon(tol)
+        self._angle_cache = AngleCache()  # the angles of this field's large point sets
+        self.epsilon = nufft_epsilon(tol)
         self.last_fallback_count = 0
         self.max_bytes = limit
         if _prefilter_bytes(model, tol) > limit:
@@ -643,7 +645,7 @@ class GeneralSphereField:
         from ducc0.sht.experimental import adjoint_synthesis_general
 
         yp = y @ self._W
-        loc = _angles(yp)
+        loc = self._angle_cache.angles(yp)
         maps = (w, w * yp[:, 0], w * yp[:, 1], w * yp[:, 2])
         alm = np.concatenate([
             adjoint_synthesis_general(map=m[None, :], spin=0, lmax=self.lmax_y, loc=loc, epsilon=self.epsilon,
@@ -704,7 +706,7 @@ class GeneralSphereField:
         from ducc0.sht.experimental import synthesis_general
 
         xp = x @ self._U
-        loc = _angles(xp)
+        loc = self._angle_cache.angles(xp)
         alm = self._lx.to_alm(T)
         F = np.concatenate([
             synthesis_general(alm=alm[k : k + 1], spin=0, lmax=self.lmax_x, loc=loc, epsilon=self.epsilon,
@@ -744,7 +746,7 @@ class GeneralSphereField:
         safe = np.where(resolved, z, 1.0)
         out = num / safe[:, None]
         r = np.minimum(1.0, np.linalg.norm(m, axis=1) / safe)
-        err = np.where(resolved, (err_m + r * err_z) / safe + _ABSOLUTE_FLOOR, np.inf)
+        err = np.where(resolved, (err_m + r * err_z) / safe + ABSOLUTE_FLOOR, np.inf)
         return out, err
 
 
@@ -794,3 +796,39 @@ def general_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: flo
     per_call = (100.0 * m + 80.0 * n + (30.0 * n if model.normalized else 0.0)
                 + 4.0 * (_transform_overhead(plan["lmax_x"]) + _transform_overhead(plan["lmax_y"])) + 1.5 * entries)
     return float(per_call + build / AMORTIZED_CALLS)
+
+
+# ---------------------------------------------------------------------------------------
+# One entry point for every model on S^2
+# ---------------------------------------------------------------------------------------
+def spectral_sphere_field(model: AttentionModel, tolerance: float = 1e-12):
+    """The spectral field for any model on S^2 (``d = 3``).
+
+    Isotropic models (``Q^T K = c I`` and ``V = v I``):
+    :class:`~meanfield.fields.spectral_sphere.SpectralSphereField` (Funk--Hecke, no
+    precomputation). Any other ``Q, K, V``: :class:`GeneralSphereField` (a separable
+    expansion of the kernel built once); it raises ``ValueError`` when its coefficient
+    matrix would exceed :data:`MAX_COEFFICIENT_BYTES`. Both have
+    ``name = "spectral"``, ``model``, ``last_fallback_count``, ``tolerance`` and the
+    two-phase ``coefficients`` / ``evaluate`` API.
+    """
+    if model.d != 3:
+        raise ValueError(f"the spectral sphere backend works on S^2 (d = 3), got d = {model.d}")
+    if model.isotropic() is not None:
+        return SpectralSphereField(model, tolerance)
+    return GeneralSphereField(model, tolerance)
+
+
+def spectral_sphere_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: float = 1e-12) -> float:
+    """Cost of one call of :func:`spectral_sphere_field` ``(model)``, in direct pair evaluations.
+
+    :func:`~meanfield.fields.spectral_sphere.spectral_cost` for isotropic models,
+    :func:`general_cost` otherwise (which includes a share
+    of the construction); ``inf`` where no spectral backend applies (``d != 3``, or a
+    coefficient matrix above the limit).
+    """
+    if model.d != 3:
+        return math.inf
+    if model.isotropic() is not None:
+        return spectral_cost(model, n_targets, n_sources, tol)
+    return general_cost(model, n_targets, n_sources, tol)

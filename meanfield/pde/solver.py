@@ -74,7 +74,7 @@ def _make_field(model, backend, tolerance, n_targets, n_sources):
     elif model.d == 3:
         # any Q, K, V: Funk--Hecke for isotropic models, else the separable expansion
         # (spectral_sphere_general), refused (ValueError) when its matrix is too large
-        from ..fields import spectral_sphere as spectral
+        from ..fields import spectral_sphere_general as spectral
 
         cost_of, build = spectral.spectral_sphere_cost, spectral.spectral_sphere_field
     else:

@@ -1,0 +1,143 @@
+"""What the two spectral backends on S^2 share (:mod:`meanfield.fields.spectral_sphere`,
+:mod:`meanfield.fields.spectral_sphere_general`): the NUFFT accuracy settings, the scaled
+modified spherical Bessel functions ``i_l(b) e^{-b}`` and the truncation tails of the
+kernel ``exp(b <x, y>)``, the truncation degree :func:`spectral_lmax`, and the angles of
+point sets for ducc0 (:func:`point_angles`, kept per field by an :class:`AngleCache`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import special
+
+__all__ = ["ABSOLUTE_FLOOR", "DUCC_EPS_FLOOR", "MIN_TOLERANCE", "TAIL_FRACTION", "TINY_B", "AngleCache",
+           "nufft_epsilon", "point_angles", "scaled_in", "spectral_lmax", "tails"]
+
+#: ducc0 refuses NUFFT accuracies at or below 2e-13 in double precision.
+DUCC_EPS_FLOOR = 3e-13
+#: The smallest tolerance accepted (round-off of the transforms is ~1e-14 of their scale).
+MIN_TOLERANCE = 1e-13
+#: Round-off floor of the field relative to |v| (the projection and the direct sums themselves).
+ABSOLUTE_FLOOR = 1e-14
+#: Below this |b| the modified spherical Bessel functions come from their leading series term.
+TINY_B = 1e-50
+#: Truncation tails are kept this far below the transform accuracy eta.
+TAIL_FRACTION = 1e-2
+
+
+def nufft_epsilon(tolerance: float) -> float:
+    """ducc0 accuracy used for a requested tolerance: well below it, never below the floor."""
+    return max(DUCC_EPS_FLOOR, 1e-3 * tolerance)
+
+
+def scaled_in(lmax: int, b_abs: float) -> np.ndarray:
+    """``i_l(b) e^{-b}`` for ``l = 0..lmax`` and ``b >= 0`` (no overflow for large ``b``)."""
+    ls = np.arange(lmax + 1)
+    if b_abs == 0.0:
+        return (ls == 0).astype(float)
+    if b_abs < TINY_B:
+        # leading term b^l / (2l+1)!! of the series: exact in double, where scipy underflows
+        return np.cumprod(np.concatenate([[1.0], b_abs / (2.0 * ls[1:] + 1.0)]))
+    if b_abs <= 1.0:
+        return special.spherical_in(ls, b_abs) * math.exp(-b_abs)
+    # i_l(b) = sqrt(pi / (2 b)) I_{l+1/2}(b); ive(nu, b) = I_nu(b) e^{-b}
+    return math.sqrt(math.pi / (2.0 * b_abs)) * special.ive(ls + 0.5, b_abs)
+
+
+def tails(lmax_search: int, b_abs: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scaled ``i_l`` and the truncation tails of ``Phi_s / W`` and ``|grad Phi_s| / (W |b|)``.
+
+    ``tau_phi[L] = sum_{l > L} i_l e^{-b} (2l+1)`` and
+    ``tau_g[L] = sum_{l > L} i_l e^{-b} (2l+1) sqrt(l(l+1)) / |b|`` bound the truncation error
+    of a unit mass (addition theorem: ``sum_m |Y_lm|^2 = (2l+1)/4pi``, and the same with
+    ``l(l+1)`` for ``|grad Y_lm|^2``).
+    """
+    ls = np.arange(lmax_search + 1, dtype=float)
+    il = scaled_in(lmax_search, b_abs)
+    tphi = il * (2 * ls + 1)
+    tg = tphi * np.sqrt(ls * (ls + 1)) / b_abs
+    # tail[L] = sum over l > L: reverse cumulative sums shifted by one
+    tau_phi = np.concatenate([np.cumsum(tphi[::-1])[::-1][1:], [0.0]])
+    tau_g = np.concatenate([np.cumsum(tg[::-1])[::-1][1:], [0.0]])
+    return il, tau_phi, tau_g
+
+
+def spectral_lmax(b: float, tolerance: float = 1e-12) -> int:
+    """Truncation degree for the kernel ``exp(b <x, y>)`` at a relative tolerance.
+
+    The smallest ``L >= 1`` whose truncation tails (for a unit point mass, the worst case)
+    lie below ``1e-2 eta i_0(|b|) e^{-|b|}``, ``eta`` the transform accuracy: the truncation
+    error is then negligible against the transforms' own error for any measure (the mean
+    of ``Phi_s`` over the sphere is ``W i_0(|b|) e^{-|b|}``). Grows like
+    ``sqrt(2 |b| log(1/tol))``; ``b = 0`` gives 1 (the first moment).
+    """
+    b_abs = abs(float(b))
+    if b_abs == 0.0:
+        return 1
+    target = TAIL_FRACTION * nufft_epsilon(tolerance) * float(scaled_in(0, b_abs)[0])
+    search = int(12.0 * math.sqrt(b_abs) + 40)
+    while True:
+        _, tau_phi, tau_g = tails(search, b_abs)
+        ok = np.flatnonzero((tau_phi <= target) & (tau_g <= target))
+        # the last entries of a finite sum are 0 by construction: require a genuine margin
+        ok = ok[ok < search - 10]
+        if ok.size:
+            return max(1, int(ok[0]))
+        search *= 2
+
+
+def point_angles(x: np.ndarray) -> np.ndarray:
+    """(theta, phi) rows for ducc0: colatitude in [0, pi], longitude in [0, 2 pi)."""
+    theta = np.arctan2(np.hypot(x[:, 0], x[:, 1]), x[:, 2])
+    phi = np.mod(np.arctan2(x[:, 1], x[:, 0]), 2.0 * np.pi)
+    return np.ascontiguousarray(np.stack([theta, phi], axis=1))
+
+
+class AngleCache:
+    """The angles (:func:`point_angles`) of the last few large point sets, owned by one field.
+
+    The finite-volume solver asks its field for the angles of the same points (edge
+    quadrature points, cell centres) at every stage, and the two arctangents cost about 8
+    times a comparison of the coordinates; so the angles of the last ``size`` point sets of
+    at least ``min_points`` points are kept and returned when the coordinates are equal
+    (compared in full, so a point set changed in place is never served stale angles).
+    Returned kept arrays are read-only. Each field builds its own (no process-global state).
+    """
+
+    def __init__(self, size: int = 4, min_points: int = 4096):
+        self.size = int(size)
+        self.min_points = int(min_points)
+        #: ``[(copy of the points, angles)]``, most recent last.
+        self._kept: list = []
+        #: ``[(angles, (cos theta, sin theta, cos phi, sin phi))]`` of kept angle sets.
+        self._frames: list = []
+
+    def angles(self, x: np.ndarray) -> np.ndarray:
+        """:func:`point_angles` ``(x)``, the kept array when ``x`` equals a kept point set."""
+        big = x.shape[0] >= self.min_points
+        if big:
+            for k, (pts, loc) in enumerate(self._kept):
+                if pts.shape == x.shape and np.array_equal(pts, x):
+                    self._kept.append(self._kept.pop(k))
+                    return loc
+        loc = point_angles(x)
+        if big:
+            loc.flags.writeable = False
+            self._kept.append((np.array(x, dtype=float, copy=True), loc))
+            del self._kept[:-self.size]
+        return loc
+
+    def frame(self, loc: np.ndarray) -> tuple:
+        """``cos theta, sin theta, cos phi, sin phi`` of the angles ``loc``; kept with the
+        angle sets of :meth:`angles` (read-only arrays, recognized by identity)."""
+        for ref, frame in self._frames:
+            if ref is loc:
+                return frame
+        theta, phi = loc[:, 0], loc[:, 1]
+        frame = (np.cos(theta), np.sin(theta), np.cos(phi), np.sin(phi))
+        if not loc.flags.writeable and any(loc is kept for _, kept in self._kept):
+            self._frames.append((loc, frame))
+            del self._frames[:-self.size]
+        return frame
