@@ -186,9 +186,9 @@ def mesh_file_cells(path) -> int:
     """Triangles of the surface in a mesh file (the cells the solver will have), read with
     pyvista as :func:`meanfield.geometry.sphere.load_mesh` reads it (the file's own arrays only: a
     small fraction of what the solver allocates for the same cells)."""
-    from .geometry.sphere import _read_surface
+    from .geometry.sphere import read_surface
 
-    _, tri = _read_surface(Path(path))
+    _, tri = read_surface(Path(path))
     return int(tri.shape[0])
 
 

@@ -313,7 +313,7 @@ def check_same_case(case: dict, stored: dict, source="<case>", where="the run", 
     ``case`` differs from ``stored`` (the ``case.toml`` of a run), ``solver.t_end`` excepted
     unless ``t_end`` (for a restart its change is checked against the output times by
     :func:`drive`); ``advice`` ends the message."""
-    from .io.case import SCHEMA, _show
+    from .io.case import SCHEMA, show_value
 
     given = dump_case(case)
     sections = list(SCHEMA) + [s for s in stored if s not in SCHEMA]
@@ -328,8 +328,8 @@ def check_same_case(case: dict, stored: dict, source="<case>", where="the run", 
             spec = SCHEMA.get(section, {}).get(key)
             if key not in a and spec is not None and b.get(key) == spec.default:
                 continue  # a key added after that run was made, at its default: the same case
-            old = "not set" if key not in a else _show(a[key])
-            new = "not set" if key not in b else _show(b[key])
+            old = "not set" if key not in a else show_value(a[key])
+            new = "not set" if key not in b else show_value(b[key])
             raise CaseError(source, f"{section}.{key}", f"differs from {where} ({old} there, {new} here); {advice}")
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "load_icosahedral_arrays",
     "load_mesh",
     "parse_mesh_spec",
+    "read_surface",
     "refine",
 ]
 
@@ -756,7 +757,7 @@ def icosahedral(level: int, edge_points: int = 1, check: bool = False) -> Sphere
 SUPPORTED_SUFFIXES = (".vtk", ".vtu", ".vtp", ".stl", ".obj", ".ply", ".msh")
 
 
-def _read_surface(path: Path):
+def read_surface(path: Path):
     """``(points (n, 3), triangles (T, 3))`` of the surface in a file (pyvista)."""
     import logging
     import warnings
@@ -822,7 +823,7 @@ def load_mesh(path, edge_points: int = 1) -> SphereMesh:
         raise MeshError(f"{path}: no such mesh file")
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise MeshError(f"{path}: unsupported mesh format {path.suffix!r} (use one of {', '.join(SUPPORTED_SUFFIXES)})")
-    pts, tri = _read_surface(path)
+    pts, tri = read_surface(path)
     # merge points with identical coordinates (like vtkCleanPolyData with tolerance 0, but
     # keeping degenerate triangles so that they are reported) and drop unused points
     uniq, inv = np.unique(pts, axis=0, return_inverse=True)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["CaseError", "SCHEMA", "load_case", "resolve_case", "parse_override", "dump_case"]
+__all__ = ["CaseError", "SCHEMA", "load_case", "resolve_case", "parse_override", "dump_case", "show_value"]
 
 
 class CaseError(ValueError):
@@ -37,7 +37,7 @@ def _type_name(v) -> str:
     )
 
 
-def _show(v, limit: int = 60) -> str:
+def show_value(v, limit: int = 60) -> str:
     """``repr(v)``, shortened for messages (a TOML integer may have thousands of digits)."""
     try:
         text = repr(v)
@@ -48,22 +48,22 @@ def _show(v, limit: int = 60) -> str:
 
 def _number(v, what="a number") -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"must be {what}, got {_type_name(v)} {_show(v)}")
+        raise ValueError(f"must be {what}, got {_type_name(v)} {show_value(v)}")
     try:
         return float(v)
     except OverflowError:  # a TOML integer beyond the float range
-        raise ValueError(f"must be a finite number, got {_show(v)}") from None
+        raise ValueError(f"must be a finite number, got {show_value(v)}") from None
 
 
 def real(lo=-math.inf, hi=math.inf, lo_open=False, allow_inf=False) -> Callable:
     def check(v, d=None):
         x = _number(v)
         if math.isnan(x) or (math.isinf(x) and not allow_inf):
-            raise ValueError(f"must be a finite number, got {_show(v)}")
+            raise ValueError(f"must be a finite number, got {show_value(v)}")
         if x < lo or (lo_open and x == lo):
-            raise ValueError(f"must be {'>' if lo_open else '>='} {lo:g}, got {_show(v)}")
+            raise ValueError(f"must be {'>' if lo_open else '>='} {lo:g}, got {show_value(v)}")
         if x > hi:
-            raise ValueError(f"must be <= {hi:g}, got {_show(v)}")
+            raise ValueError(f"must be <= {hi:g}, got {show_value(v)}")
         return x
 
     return check
@@ -72,11 +72,11 @@ def real(lo=-math.inf, hi=math.inf, lo_open=False, allow_inf=False) -> Callable:
 def integer(lo=None, hi=None) -> Callable:
     def check(v, d=None):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"must be an integer, got {_type_name(v)} {_show(v)}")
+            raise ValueError(f"must be an integer, got {_type_name(v)} {show_value(v)}")
         if lo is not None and v < lo:
-            raise ValueError(f"must be >= {lo}, got {_show(v)}")
+            raise ValueError(f"must be >= {lo}, got {show_value(v)}")
         if hi is not None and v > hi:
-            raise ValueError(f"must be <= {hi}, got {_show(v)}")
+            raise ValueError(f"must be <= {hi}, got {show_value(v)}")
         return v
 
     return check
@@ -85,7 +85,7 @@ def integer(lo=None, hi=None) -> Callable:
 def choice(*options) -> Callable:
     def check(v, d=None):
         if v not in options:
-            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {_show(v)}")
+            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {show_value(v)}")
         return v
 
     return check
@@ -93,13 +93,13 @@ def choice(*options) -> Callable:
 
 def boolean(v, d=None):
     if not isinstance(v, bool):
-        raise ValueError(f"must be true or false, got {_type_name(v)} {_show(v)}")
+        raise ValueError(f"must be true or false, got {_type_name(v)} {show_value(v)}")
     return v
 
 
 def string(v, d=None):
     if not isinstance(v, str):
-        raise ValueError(f"must be a string, got {_type_name(v)} {_show(v)}")
+        raise ValueError(f"must be a string, got {_type_name(v)} {show_value(v)}")
     return v
 
 
@@ -112,7 +112,7 @@ def matrix(v, d):
         elif isinstance(v, list) and not any(isinstance(row, list) for row in v):
             got = f"shape ({len(v)},)"
         else:
-            got = f"{_type_name(v)} {_show(v)}"
+            got = f"{_type_name(v)} {show_value(v)}"
         raise ValueError(f"must be a {d} x {d} array of numbers, got {got}")
     out = []
     for i, row in enumerate(v):
@@ -131,13 +131,13 @@ def vectors(v, d):
     out = []
     for i, row in enumerate(v):
         if not isinstance(row, list) or len(row) != d:
-            raise ValueError(f"entry {i} must be a vector of length {d}, got {_show(row)}")
+            raise ValueError(f"entry {i} must be a vector of length {d}, got {show_value(row)}")
         try:
             vec = [_number(x, "a number") for x in row]
         except ValueError as exc:
             raise ValueError(f"entry {i}: {exc}") from None
         if not all(math.isfinite(x) for x in vec) or not any(vec):
-            raise ValueError(f"entry {i} must be a finite nonzero vector, got {_show(row)}")
+            raise ValueError(f"entry {i} must be a finite nonzero vector, got {show_value(row)}")
         out.append(vec)
     return out
 
@@ -153,7 +153,7 @@ def reals(lo=0.0) -> Callable:
             except ValueError as exc:
                 raise ValueError(f"entry {i}: {exc}") from None
             if not math.isfinite(out[-1]) or out[-1] < lo:
-                raise ValueError(f"entry {i} must be a finite number >= {lo:g}, got {_show(x)}")
+                raise ValueError(f"entry {i} must be a finite number >= {lo:g}, got {show_value(x)}")
         return out
 
     return check
@@ -191,7 +191,7 @@ def dt_value(v, d=None):
     try:
         return real(0.0, lo_open=True)(v)
     except ValueError:
-        raise ValueError(f"must be \"auto\" or a number > 0, got {_show(v)}") from None
+        raise ValueError(f"must be \"auto\" or a number > 0, got {show_value(v)}") from None
 
 
 def counts(v, d=None):

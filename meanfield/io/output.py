@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "RunWriter", "SavedRun", "RestartError", "read_run", "read_saved"]
+__all__ = ["atomic_write", "RunWriter", "SavedRun", "RestartError", "read_run", "read_saved", "process_umask"]
 
 
-def _umask() -> int:
+def process_umask() -> int:
     """The process umask (read once; from /proc where possible, since setting it to read it
     back is not thread safe)."""
     global _UMASK
@@ -67,7 +67,7 @@ def atomic_write(path, data: bytes | str) -> None:
             fh.write(data)
             fh.flush()
             if hasattr(os, "fchmod"):
-                os.fchmod(fh.fileno(), 0o666 & ~_umask())
+                os.fchmod(fh.fileno(), 0o666 & ~process_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

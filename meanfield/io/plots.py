@@ -117,15 +117,18 @@ def write_run_plots(out_dir, mesh, result, shifted: bool = False) -> list[Path]:
     return paths
 
 
-def plot_particles(path, mesh, points, weights, t: float, density=None) -> Path:
+def plot_particles(path, mesh, points, weights, t: float, density=None, histogram=None) -> Path:
     """Particles at time ``t`` over the PDE density (when given): on the circle a weighted
-    histogram of the particle angles against the density, on the sphere a rendering."""
+    histogram of the particle angles against the density, on the sphere a rendering over
+    ``density`` or, without it, over ``histogram`` (the particle density per cell, e.g.
+    :func:`~meanfield.particles.distances.bin_particles` over the cell areas; needed then)."""
     path = Path(path)
     if mesh.manifold == "sphere":
         from .render import render_sphere
-        from ..particles.distances import bin_particles
 
-        shown = density if density is not None else bin_particles(mesh, points, weights) / mesh.areas
+        if density is None and histogram is None:
+            raise ValueError("plot_particles on the sphere needs the PDE density or the particle histogram")
+        shown = density if density is not None else histogram
         what = "PDE density" if density is not None else "particle histogram"
         return render_sphere(path, mesh, shown, title=f"{len(points)} particles over the {what}, t = {t:g}",
                              points=points)

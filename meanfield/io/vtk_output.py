@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from .output import _umask, atomic_write, read_saved
+from .output import atomic_write, process_umask, read_saved
 
 __all__ = ["VtkSeries", "surface_polydata"]
 
@@ -57,7 +57,7 @@ class VtkSeries:
             poly.save(tmp, binary=True)
             # mkstemp creates 0o600; give the file a plainly created one's mode, as
             # atomic_write does for every other output (a shared series must be readable)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~process_umask())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

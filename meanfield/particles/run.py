@@ -241,7 +241,8 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
 
         plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, shifted=case["model"]["shift"])
         t, x, w = run.snapshots[-1]
-        plots.plot_particles(Path(out_dir) / "particles.png", mesh, x, w, t=t)
+        histogram = bin_particles(mesh, x, w) / mesh.areas if mesh.manifold == "sphere" else None
+        plots.plot_particles(Path(out_dir) / "particles.png", mesh, x, w, t=t, histogram=histogram)
     return run
 
 
