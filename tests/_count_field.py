@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from meanfield.fields.attention import DirectField
+from meanfield.fields.spectral import SpectralField, SphereSpectralField
 from meanfield.fields.spectral_circle import SpectralCircleField
 from meanfield.fields.spectral_sphere import SpectralSphereField
 from meanfield.fields.spectral_sphere_general import GeneralSphereField
@@ -47,7 +48,8 @@ def counted_sources(method):
     return wrapper
 
 
-for cls in (DirectField, SpectralCircleField, SpectralSphereField, GeneralSphereField):
+# the methods where they are defined: the backends' own, and those of their shared skeleton
+for cls in (DirectField, SpectralField, SphereSpectralField, SpectralCircleField, SpectralSphereField, GeneralSphereField):
     for name in ("__call__", "evaluate"):
         if name in vars(cls):
             setattr(cls, name, counted(vars(cls)[name]))

@@ -119,7 +119,8 @@ import numpy as np
 from scipy import special
 
 from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, DirectField, FieldOverflowError,
-                        check_field_inputs, check_sources, single_thread_blas)
+                        check_field_inputs, single_thread_blas)
+from .spectral import SpectralField
 
 __all__ = [
     "SpectralCircleField",
@@ -295,7 +296,7 @@ def _ive_rows(rho: np.ndarray, L: int, nstart: int) -> np.ndarray:
     return H
 
 
-class SpectralCircleField:
+class SpectralCircleField(SpectralField):
     """Fourier-series evaluation of the attention field on S^1 at arbitrary points.
 
     Parameters
@@ -338,8 +339,6 @@ class SpectralCircleField:
     >>> bool(np.abs(f(x, x, w) - mf.DirectField(model)(x, x, w)).max() < 1e-12)
     True
     """
-
-    name = "spectral"
 
     def __init__(self, model: AttentionModel, tolerance: float = 1e-12, block: int = 1024):
         self.tolerance = _check_model(model, tolerance)
@@ -420,17 +419,10 @@ class SpectralCircleField:
         return out
 
     # -----------------------------------------------------------------------------------
-    def __call__(self, targets, sources, weights, project: bool = True):
-        """The field at ``targets``; ``project=False``: the attention average before ``P_x``."""
-        x, y, w = check_field_inputs(self.model, targets, sources, weights)
-        return self.evaluate(x, self.coefficients(y, w), y, w, project=project)
-
     def coefficients(self, sources, weights) -> np.ndarray:
         """The source moments ``c_n = sum_j w_j e^{i n s_j}``, ``n = 0..L+1``: linear in the
         weights, so partial sums over parts of the measure (MPI ranks) add up."""
-        y, w = check_sources(self.model, sources, weights, partial=True)
-        keep = w > 0
-        y, w = y[keep], w[keep]
+        y, w = self._measure(sources, weights, always_copy=True)
         zs = (y[:, 0] + 1j * y[:, 1]) / np.hypot(y[:, 0], y[:, 1])
         with single_thread_blas():
             return self._moments(zs, w, self.truncation + 1)
@@ -493,5 +485,5 @@ class SpectralCircleField:
                 raise FieldOverflowError(f"USA attention sum overflowed double precision; {USA_OVERFLOW_FIX}")
         # Tangential projection P_x (fallback rows are tangent already; re-projecting is harmless).
         if project:
-            out -= np.einsum("ij,ij->i", out, x)[:, None] * x
+            self._project(out, x)
         return out

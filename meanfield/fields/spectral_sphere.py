@@ -105,12 +105,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
 
-from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, DirectField, FieldOverflowError,
-                        check_field_inputs, check_sources, check_targets, single_thread_blas)
-from .sphere_transforms import (ABSOLUTE_FLOOR, DUCC_EPS_FLOOR, MIN_TOLERANCE, TAIL_FRACTION, TINY_B, AngleCache,
-                                nufft_epsilon, scaled_in, spectral_lmax, tails)
+from .attention import USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError
+from .spectral import SphereSpectralField
+from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TINY_B, AngleCache, nufft_epsilon, scaled_in,
+                                spectral_lmax, tails)
 
 __all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax"]
 
@@ -168,7 +167,7 @@ def spectral_cost(model: AttentionModel, n_targets: int, n_sources: int, tol: fl
     return float(per_point + n_tr * (3.5 * lmax**2 * math.log2(lmax + 1) + 26000.0))
 
 
-class SpectralSphereField:
+class SpectralSphereField(SphereSpectralField):
     """Attention field on S^2 by spherical-harmonic transforms at arbitrary points.
 
     Implements the :class:`~meanfield.fields.attention.AttentionField` protocol for isotropic
@@ -212,8 +211,6 @@ class SpectralSphereField:
     >>> bool(np.allclose(X, mf.DirectField(field.model)(x, x, np.array([0.5, 0.5])), atol=1e-12))
     True
     """
-
-    name = "spectral"
 
     def __init__(self, model: AttentionModel, tolerance: float = 1e-12):
         import ducc0  # noqa: F401  (fail at construction, not at the first call)
@@ -279,11 +276,6 @@ class SpectralSphereField:
         return (f"SpectralSphereField({m.kind}, beta={m.beta:g}, c={self.c:g}, v={self.v:g}, "
                 f"tolerance={self.tolerance:g}, lmax={self.lmax})")
 
-    def __call__(self, targets, sources, weights, project: bool = True):
-        """The field at ``targets``; ``project=False``: the attention average before ``P_x``."""
-        x, y, w = check_field_inputs(self.model, targets, sources, weights)
-        return self.evaluate(x, self.coefficients(y, w), y, w, project=project)
-
     def coefficients(self, sources, weights) -> np.ndarray:
         """The measure's part of a call: ``a_lm = sum_j w_j conj(Y_lm(y_j))``, ``m >= 0``.
 
@@ -293,10 +285,7 @@ class SpectralSphereField:
         into parts (MPI ranks) are the sum of the parts' coefficients (``Allreduce``). A part
         may carry no mass.
         """
-        y, w = check_sources(self.model, sources, weights, partial=True)
-        keep = w > 0
-        if not np.all(keep):
-            y, w = y[keep], w[keep]
+        y, w = self._measure(sources, weights)
         if self.b == 0.0:
             return np.concatenate([[w.sum()], w @ y])
         size = (self.lmax + 1) * (self.lmax + 2)
@@ -309,44 +298,27 @@ class SpectralSphereField:
         )
         return np.ascontiguousarray(alm[0]).view(np.float64)
 
-    def evaluate(self, targets, coeffs, sources=None, weights=None, project: bool = True) -> np.ndarray:
-        """The field at ``targets`` from the :meth:`coefficients` of the whole measure.
+    # -- the hooks of SphereSpectralField.evaluate ------------------------------------
+    @property
+    def _degenerate(self) -> bool:
+        return self.b == 0.0
 
-        ``sources, weights`` (the whole measure) serve only the SA direct fallback; USA does
-        not need them. The total weight ``W`` is read from the coefficients
-        (``W = sqrt(4 pi) a_00``). ``project=False``: the attention average before the
-        tangential projection (one more transform, see the module docstring).
-        """
-        x = check_targets(self.model, targets)
-        normalized = self.model.normalized
+    def _read_coefficients(self, coeffs) -> tuple[np.ndarray, float]:
+        """The coefficients and the total weight ``W = sqrt(4 pi) a_00`` (``b = 0``: ``W``)."""
         coeffs = np.ascontiguousarray(coeffs, dtype=float)
         size = 4 if self.b == 0.0 else (self.lmax + 1) * (self.lmax + 2)
         if coeffs.shape != (size,):
             raise ValueError(f"coefficients must have shape ({size},) for this field, got {coeffs.shape}")
-        total = float(coeffs[0]) * (1.0 if self.b == 0.0 else math.sqrt(4.0 * math.pi))
-        if normalized and not total > 0:
-            raise ValueError("SA field needs a positive total weight")
-        self.last_fallback_count = 0
-        out = np.zeros_like(x)
-        if x.shape[0] == 0 or self.v == 0.0 or not total > 0:
-            return out
-        with single_thread_blas():
-            if self.b == 0.0:
-                out[:] = coeffs[1:] * (self.v / (total if normalized else 1.0))
-            elif not normalized:
-                out = self._transform(x, coeffs.view(np.complex128)[None, :], total, project)
-            else:
-                out, err = self._transform(x, coeffs.view(np.complex128)[None, :], total, project)
-                fallback = err > self.tolerance
-                count = int(fallback.sum())
-                if count:
-                    if sources is None or weights is None:
-                        raise ValueError("the SA direct fallback needs the sources and weights of the whole measure")
-                    out[fallback] = DirectField(self.model)(x[fallback], sources, weights, project=project)
-                self.last_fallback_count = count
-        if project:
-            out -= np.einsum("ij,ij->i", out, x)[:, None] * x
-        return out
+        return coeffs, float(coeffs[0]) * (1.0 if self.b == 0.0 else math.sqrt(4.0 * math.pi))
+
+    def _vanishes(self) -> bool:
+        return self.v == 0.0
+
+    def _constant_field(self, coeffs: np.ndarray, total: float) -> np.ndarray:
+        return coeffs[1:] * (self.v / (total if self.model.normalized else 1.0))
+
+    def _transform_field(self, x, coeffs, total, project):
+        return self._transform(x, coeffs.view(np.complex128)[None, :], total, project)
 
     # -- the transforms --------------------------------------------------------------------
     def _spectral(self, x, y, w, total, project: bool = True):

@@ -124,8 +124,8 @@ import time
 
 import numpy as np
 
-from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, DirectField, FieldOverflowError,
-                        check_field_inputs, check_sources, check_targets, single_thread_blas)
+from .attention import USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError, single_thread_blas
+from .spectral import SphereSpectralField
 from .spectral_sphere import SpectralSphereField, spectral_cost
 from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TAIL_FRACTION, AngleCache, nufft_epsilon, scaled_in,
                                 spectral_lmax, tails)
@@ -504,7 +504,7 @@ def _transform_accuracy(epsilon: float, lmax: int) -> float:
     return (2.0 if lmax <= 24 else 0.5) * epsilon + 5e-16 * (lmax + 50)
 
 
-class GeneralSphereField:
+class GeneralSphereField(SphereSpectralField):
     """Attention field on S^2 for any 3 x 3 ``Q, K, V`` by a separable harmonic expansion.
 
     Implements the :class:`~meanfield.fields.attention.AttentionField` protocol, in two phases
@@ -551,8 +551,6 @@ class GeneralSphereField:
     >>> bool(np.allclose(field(x, x, w), mf.DirectField(model)(x, x, w), rtol=0, atol=1e-12))
     True
     """
-
-    name = "spectral"
 
     def __init__(self, model: AttentionModel, tolerance: float = 1e-12, max_bytes: float | None = None):
         import ducc0  # noqa: F401  (fail at construction, not at the first call)
@@ -619,11 +617,6 @@ class GeneralSphereField:
                 f"lmax_x={self.lmax_x}, lmax_y={self.lmax_y}, scale={self.scale})")
 
     # -- the protocol, in two phases -----------------------------------------------------
-    def __call__(self, targets, sources, weights, project: bool = True):
-        """The field at ``targets``; ``project=False``: the attention average before ``P_x``."""
-        x, y, w = check_field_inputs(self.model, targets, sources, weights)
-        return self.evaluate(x, self.coefficients(y, w), y, w, project=project)
-
     @property
     def coefficient_shape(self) -> tuple[int, ...]:
         return (4,) if self.sigma[0] == 0.0 else (self._ly.size, 4)
@@ -634,10 +627,7 @@ class GeneralSphereField:
         A float64 array of shape :attr:`coefficient_shape`, linear in the weights (sum the
         parts' arrays over MPI ranks). ``sigma_1 = 0``: ``[W, sum_j w_j y_j]``.
         """
-        y, w = check_sources(self.model, sources, weights, partial=True)
-        keep = w > 0
-        if not np.all(keep):
-            y, w = y[keep], w[keep]
+        y, w = self._measure(sources, weights)
         if self.sigma[0] == 0.0:
             return np.concatenate([[w.sum()], w @ y])
         if w.size == 0:
@@ -653,44 +643,26 @@ class GeneralSphereField:
             for m in maps])
         return self._ly.to_real(alm)
 
-    def evaluate(self, targets, coeffs, sources=None, weights=None, project: bool = True) -> np.ndarray:
-        """The field at ``targets`` from the :meth:`coefficients` of the whole measure.
+    # -- the hooks of SphereSpectralField.evaluate ------------------------------------
+    @property
+    def _degenerate(self) -> bool:
+        return self.sigma[0] == 0.0
 
-        ``sources, weights`` (the whole measure) serve only the SA direct fallback. The total
-        weight comes from the coefficients. ``project=False``: the attention average before
-        the tangential projection.
-        """
-        x = check_targets(self.model, targets)
-        model = self.model
+    def _read_coefficients(self, coeffs) -> tuple[np.ndarray, float]:
+        """The coefficients and the total weight (``sqrt(4 pi)`` times the ``Y_00`` moment of ``w``)."""
         coeffs = np.asarray(coeffs, dtype=float)
         if coeffs.shape != self.coefficient_shape:
             raise ValueError(f"coefficients must have shape {self.coefficient_shape} for this field, "
                              f"got {coeffs.shape}")
-        degenerate = self.sigma[0] == 0.0
-        total = float(coeffs[0]) if degenerate else float(coeffs[self._ly.index00, 0]) * math.sqrt(4.0 * math.pi)
-        if model.normalized and not total > 0:
-            raise ValueError("SA field needs a positive total weight")
-        self.last_fallback_count = 0
-        out = np.zeros_like(x)
-        if x.shape[0] == 0 or not total > 0:
-            return out
-        with single_thread_blas():
-            if degenerate:
-                out[:] = (model.V @ coeffs[1:]) / (total if model.normalized else 1.0)
-            elif not model.normalized:
-                out = self._transform(x, coeffs, total)
-            else:
-                out, err = self._transform(x, coeffs, total)
-                fallback = err > self.tolerance
-                count = int(fallback.sum())
-                if count:
-                    if sources is None or weights is None:
-                        raise ValueError("the SA direct fallback needs the sources and weights of the whole measure")
-                    out[fallback] = DirectField(model)(x[fallback], sources, weights, project=project)
-                self.last_fallback_count = count
-        if project:
-            out -= np.einsum("ij,ij->i", out, x)[:, None] * x
-        return out
+        if self._degenerate:
+            return coeffs, float(coeffs[0])
+        return coeffs, float(coeffs[self._ly.index00, 0]) * math.sqrt(4.0 * math.pi)
+
+    def _constant_field(self, coeffs: np.ndarray, total: float) -> np.ndarray:
+        return (self.model.V @ coeffs[1:]) / (total if self.model.normalized else 1.0)
+
+    def _transform_field(self, x, coeffs, total, project):
+        return self._transform(x, coeffs, total)
 
     # -- the transforms --------------------------------------------------------------------
     def _apply(self, coeffs: np.ndarray) -> np.ndarray:
