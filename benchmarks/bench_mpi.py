@@ -92,7 +92,7 @@ def _worker(args) -> None:
         c = mesh.centers
         rho = (1.0 + 0.05 * np.sin(3 * c[:, 0]) * np.cos(2 * c[:, 1])) / (4 * math.pi)
         state = State(0.0, rho / (rho @ mesh.areas))
-        targets = sim.fv._targets.shape[0]
+        targets = sim.fv.n_targets
         all_targets = comm.allgather(targets) if comm is not None else [targets]
         wall, comms = timed(lambda: sim.step(state), args.steps)
         # the finite-volume part of a stage alone (reconstruction, fluxes, update), field given

@@ -134,6 +134,8 @@ class FiniteVolume:
             self._owned, self._edges, self._stencil = owned, edges, stencil
         self.n_owned = owned.size
         self._targets = mesh.edge_points[edges].reshape(-1, mesh.d)
+        #: The field evaluation points of this operator (the quadrature points of its edges).
+        self.n_targets = self._targets.shape[0]
         self._normals = mesh.edge_normals[edges]
         self._weights = mesh.edge_weights[edges]
         self._areas = mesh.areas[owned]
