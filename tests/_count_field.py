@@ -49,7 +49,8 @@ def counted_sources(method):
 
 
 # the methods where they are defined: the backends' own, and those of their shared skeleton
-for cls in (DirectField, SpectralField, SphereSpectralField, SpectralCircleField, SpectralSphereField, GeneralSphereField):
+for cls in (DirectField, SpectralField, SphereSpectralField, SpectralCircleField, SpectralSphereField,
+            GeneralSphereField):
     for name in ("__call__", "evaluate"):
         if name in vars(cls):
             setattr(cls, name, counted(vars(cls)[name]))
