@@ -26,13 +26,15 @@ def _rss() -> int:
 
 # -- estimate against the real thing --------------------------------------------------------
 _MEASURE = r"""
-import json, resource, sys, tempfile
+import json, sys, tempfile
 from meanfield.io.case import resolve_case
 from meanfield.run import run_case
 case = resolve_case(json.loads(sys.argv[1]))
 with tempfile.TemporaryDirectory() as out:
     run_case(case, out_dir=out)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM: the peak of this process image (getrusage's ru_maxrss is inherited across execve
+# from the forking pytest worker, whose own RSS depends on the tests it ran before)
+print(int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) * 1024)
 """
 
 SHORT = {"solver": {"t_end": 0.02, "dt_max": 0.01}, "output": {"every": 0.01, "plots": False}}
