@@ -33,7 +33,9 @@ import time
 
 import numpy as np
 
-__all__ = ["Distributor", "DistributedField", "Partition", "launched_under_mpi"]
+from .fields.plans import PointPlan, as_points, make_plan
+
+__all__ = ["Distributor", "DistributedField", "DistributedPlan", "Partition", "launched_under_mpi"]
 
 #: Environment variables set by MPI launchers (MPICH/Hydra, Open MPI, Slurm's PMI2).
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
@@ -150,11 +152,13 @@ def split_evaluate(field, dist: Distributor, targets, sources, weights, part, lo
     partial coefficients are added over the ranks; the direct backend sums over all
     sources. ``project=False`` asks the backend for the attention average before the
     tangential projection (passed on only then, so backends without the keyword still
-    work for the field itself). An exception ends the whole job."""
+    work for the field itself). ``targets`` and ``local_sources`` may be the field's plans
+    (:mod:`meanfield.fields.plans`; the finite-volume operator makes them once for its
+    rank's points), or arrays. An exception ends the whole job."""
     kw = {} if project else {"project": False}
     try:
         if hasattr(field, "coefficients"):
-            own = np.asarray(sources)[part] if local_sources is None else local_sources
+            own = np.asarray(as_points(sources))[part] if local_sources is None else local_sources
             coeffs = dist.allreduce_sum(field.coefficients(own, np.asarray(weights)[part]))
             return field.evaluate(targets, coeffs, sources, weights, **kw)
         return field(targets, sources, weights, **kw)
@@ -215,9 +219,39 @@ class DistributedField:
         self.dist = dist
         self.name = f"{field.name} on {dist.size} MPI ranks"
 
+    def plan(self, points) -> "DistributedPlan":
+        """A plan of ``points`` for this split: the inner backend's plan of this rank's share."""
+        points = np.asarray(as_points(points), dtype=float)
+        return DistributedPlan(self, points, make_plan(self.field, points[self.dist.share(len(points))]))
+
     def __call__(self, targets, sources, weights, project: bool = True):
-        """The field at ``targets``; ``project=False``: the attention average before ``P_x``."""
+        """The field at ``targets``; ``project=False``: the attention average before ``P_x``.
+        ``targets``: a plan (:meth:`plan`) or an array. The same array for the targets and the
+        sources (the particles' ``field(x, x, w)``): this rank's share is prepared once for
+        both its targets and the sources it sums."""
         n = len(targets)
-        local = split_evaluate(self.field, self.dist, np.asarray(targets)[self.dist.share(n)], sources, weights,
-                               self.dist.share(len(weights)), project=project)
+        share = self.dist.share(n)
+        part = self.dist.share(len(weights))
+        own = None
+        if isinstance(targets, DistributedPlan) and targets.field is self:
+            local_targets = targets.local
+            if sources is targets:
+                own = local_targets
+        else:
+            local_targets = np.asarray(as_points(targets))[share]
+            if sources is targets:  # one plan of this rank's points for both roles
+                local_targets = own = make_plan(self.field, local_targets)
+        local = split_evaluate(self.field, self.dist, local_targets, as_points(sources), weights, part, own,
+                               project=project)
         return self.dist.allgather_rows(local, n)
+
+
+class DistributedPlan(PointPlan):
+    """A :class:`DistributedField`'s plan: the points (a :class:`~meanfield.fields.plans.PointPlan`
+    of the split field) and the inner backend's plan of this rank's share (``local``)."""
+
+    __slots__ = ("local",)
+
+    def __init__(self, field, points, local):
+        super().__init__(field, points)
+        self.local = local

@@ -11,7 +11,7 @@ from meanfield.geometry.sphere import icosahedral
 
 from _helpers import exact_sphere_field, point_sets, rel_err, smooth_measure, sphere_points
 from meanfield.fields.spectral_sphere import SpectralSphereField, spectral_cost, spectral_lmax
-from meanfield.fields.sphere_transforms import AngleCache, point_angles
+from meanfield.fields.sphere_transforms import point_angles
 
 TOL = 1e-12
 
@@ -205,17 +205,27 @@ def test_spectral_cost_is_a_usable_estimate():
     assert spectral_cost(mf.AttentionModel(d=3, beta=1.0, Q=np.diag([1.0, 2.0, 3.0])), n, k) == math.inf
 
 
-def test_angle_cache_never_serves_stale_angles():
-    """Large point sets reuse their angles across calls, but only while the coordinates are
-    equal: points changed in place get fresh angles (and the fields stay exact)."""
-    cache = AngleCache()
+def test_a_plan_prepares_its_points_once_and_keeps_a_copy():
+    """A plan's angles and frames are made on first use and reused; the plan holds a
+    read-only copy, so points changed in place afterwards are not seen, and a raw-array
+    call, a plan and a plan of another field give the same bits."""
     rng = np.random.default_rng(11)
-    x = rng.normal(size=(5000, 3))
-    x /= np.linalg.norm(x, axis=1)[:, None]
-    first = cache.angles(x)
-    assert cache.angles(x.copy()) is first  # equal coordinates: the kept angles
-    x[17] = [0.0, 0.0, 1.0]  # changed in place
-    again = cache.angles(x)
-    assert again is not first and again[17, 0] == 0.0
-    fresh = np.stack([np.arctan2(np.hypot(x[:, 0], x[:, 1]), x[:, 2]), np.mod(np.arctan2(x[:, 1], x[:, 0]), 2 * np.pi)], 1)
-    assert np.array_equal(again, fresh)
+    x = sphere_points(rng, 5000)
+    w = rng.random(5000)
+    field = SpectralSphereField(model(9.0))
+    plan = field.plan(x)
+    assert len(plan) == 5000 and plan.shape == x.shape and not plan.points.flags.writeable
+    ref = field(x, x, w)
+    got = field(plan, plan, w)
+    assert np.array_equal(got, ref)
+    angles = plan.prepared("angles", None)
+    assert np.array_equal(angles, point_angles(x))
+    assert field.evaluate(plan, field.coefficients(plan, w), x, w) is not None
+    assert plan.prepared("angles", None) is angles  # kept, not remade
+    x[17] = [0.0, 0.0, 1.0]  # changed in place after the plan was made
+    assert np.array_equal(field(plan, plan, w), ref)
+    other = SpectralSphereField(model(9.0)).plan(plan.points)
+    assert np.array_equal(field(other, plan, w), ref)
+    zero = w.copy()
+    zero[:100] = 0.0  # dropped sources: prepared for that call only
+    assert np.array_equal(field(plan, plan, zero), field(plan.points, plan.points, zero))

@@ -26,6 +26,8 @@ from typing import Protocol
 import numpy as np
 from scipy import special
 
+from .plans import PointPlan, as_points
+
 __all__ = [
     "AttentionModel",
     "AttentionField",
@@ -230,7 +232,10 @@ class AttentionField(Protocol):
 
     ``field(targets, sources, weights) -> X`` with ``targets (N, d)``, ``sources (M, d)``
     unit vectors and ``weights (M,)`` nonnegative; returns the tangent field ``(N, d)``, or
-    with ``project=False`` the attention average before the projection ``P_x``.
+    with ``project=False`` the attention average before the projection ``P_x``. The
+    package's backends also have ``plan(points)`` (:mod:`meanfield.fields.plans`): a
+    :class:`~meanfield.fields.plans.PointPlan` that stands for the points in every later
+    call, with what the backend precomputes for them made once; optional for other backends.
     """
 
     model: AttentionModel
@@ -296,12 +301,18 @@ class DirectField:
         self.model = model
         self.block_elements = int(block_elements)
 
+    def plan(self, points) -> PointPlan:
+        """A :class:`~meanfield.fields.plans.PointPlan` of ``points`` (the direct sums prepare
+        nothing: it holds the checked, contiguous points)."""
+        return PointPlan(self, check_targets(self.model, as_points(points)))
+
     def __call__(self, targets, sources, weights, project: bool = True):
         """The field at ``targets``; with ``project=False`` the attention average itself,
         ``sum_j w_j e^{logit} V y_j / Z`` before the tangential projection (the authors'
-        Euler scheme steps with it). Shifted USA: logits minus :attr:`AttentionModel.logit_offset`."""
+        Euler scheme steps with it). Shifted USA: logits minus :attr:`AttentionModel.logit_offset`.
+        ``targets`` and ``sources`` may be plans (:meth:`plan`) or arrays."""
         model = self.model
-        x, y, w = check_field_inputs(model, targets, sources, weights)
+        x, y, w = check_field_inputs(model, as_points(targets), as_points(sources), weights)
         out = np.empty_like(x)
         if x.shape[0] == 0:
             return out

@@ -5,6 +5,7 @@
 :class:`~meanfield.fields.spectral_sphere_general.GeneralSphereField`: the
 :class:`~meanfield.fields.attention.AttentionField` protocol in two phases (``__call__`` =
 :meth:`~SpectralField.evaluate` of the :meth:`~SpectralField.coefficients` of the measure),
+the plans of fixed point sets (:meth:`~SpectralField.plan`, :mod:`meanfield.fields.plans`),
 the checked measure without its zero weights, and the tangential projection.
 :class:`SphereSpectralField` adds the evaluation both S^2 backends run: read the total
 weight from the coefficients, the constant field of a vanishing interaction, the transforms
@@ -17,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import AttentionModel, DirectField, check_field_inputs, check_sources, check_targets, single_thread_blas
+from .plans import PointPlan, as_points
 
 __all__ = ["SpectralField", "SphereSpectralField"]
 
@@ -26,16 +28,36 @@ class SpectralField:
 
     Subclasses set ``model`` and ``tolerance`` and implement :meth:`coefficients` (the
     measure's part, linear in the weights: MPI ranks sum their parts) and :meth:`evaluate`.
+    Both take a :class:`~meanfield.fields.plans.PointPlan` of this field (:meth:`plan`) or
+    raw points; the backend keeps what it prepares for a point set in its plan.
     """
 
     name = "spectral"
     model: AttentionModel
     tolerance: float
 
+    def plan(self, points) -> PointPlan:
+        """A :class:`~meanfield.fields.plans.PointPlan` of ``points`` (checked, copied): pass it
+        for the targets (:meth:`evaluate`, ``__call__``) or the sources (:meth:`coefficients`)
+        of every later call; what this backend prepares for the points is made on first use
+        and kept in the plan."""
+        return PointPlan(self, check_targets(self.model, as_points(points)))
+
     def __call__(self, targets, sources, weights, project: bool = True):
-        """The field at ``targets``; ``project=False``: the attention average before ``P_x``."""
-        x, y, w = check_field_inputs(self.model, targets, sources, weights)
-        return self.evaluate(x, self.coefficients(y, w), y, w, project=project)
+        """The field at ``targets``; ``project=False``: the attention average before ``P_x``.
+        ``targets``, ``sources``: plans (:meth:`plan`) or arrays; the same array for both (the
+        particles' ``field(x, x, w)``) is prepared once for both roles."""
+        x, y, w = check_field_inputs(self.model, as_points(targets), as_points(sources), weights)
+        tplan = self._plan_of(targets, x)
+        splan = tplan if sources is targets else self._plan_of(sources, y)
+        return self.evaluate(tplan, self.coefficients(splan, w), y, w, project=project)
+
+    def _plan_of(self, points, checked: np.ndarray) -> PointPlan:
+        """``points`` when it is a plan of this field, else a plan of the ``checked`` array
+        (:func:`~meanfield.fields.attention.check_targets` of its points) for one call."""
+        if isinstance(points, PointPlan) and points.field is self:
+            return points
+        return PointPlan(self, checked, copy=False)
 
     def coefficients(self, sources, weights) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -43,13 +65,19 @@ class SpectralField:
     def evaluate(self, targets, coeffs, sources=None, weights=None, project: bool = True) -> np.ndarray:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _measure(self, sources, weights, always_copy: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """The checked sources and weights of a (partial) measure without its zero weights."""
-        y, w = check_sources(self.model, sources, weights, partial=True)
+    def _measure(self, sources, weights, always_copy: bool = False) -> tuple[PointPlan, np.ndarray, np.ndarray]:
+        """``(plan, y, w)``: the checked sources and weights of a (partial) measure without its
+        zero weights, and the plan of those sources (the caller's plan of this field when no
+        weight is zero, else one for this call)."""
+        y, w = check_sources(self.model, as_points(sources), weights, partial=True)
         keep = w > 0
-        if always_copy or not np.all(keep):
-            y, w = y[keep], w[keep]
-        return y, w
+        if np.all(keep):
+            plan = self._plan_of(sources, y)
+            if always_copy:
+                y, w = y[keep], w[keep]
+            return plan, y, w
+        y, w = y[keep], w[keep]
+        return PointPlan(self, y, copy=False), y, w
 
     @staticmethod
     def _project(out: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -80,17 +108,19 @@ class SphereSpectralField(SpectralField):
     def _constant_field(self, coeffs: np.ndarray, total: float) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _transform_field(self, x, coeffs, total, project):  # pragma: no cover - abstract
+    def _transform_field(self, plan, coeffs, total, project):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def evaluate(self, targets, coeffs, sources=None, weights=None, project: bool = True) -> np.ndarray:
         """The field at ``targets`` from the :meth:`coefficients` of the whole measure.
 
-        ``sources, weights`` (the whole measure) serve only the SA direct fallback; USA does
-        not need them. The total weight comes from the coefficients. ``project=False``: the
-        attention average before the tangential projection.
+        ``targets``: a plan of this field (:meth:`plan`) or an array. ``sources, weights``
+        (the whole measure) serve only the SA direct fallback; USA does not need them. The
+        total weight comes from the coefficients. ``project=False``: the attention average
+        before the tangential projection.
         """
-        x = check_targets(self.model, targets)
+        x = check_targets(self.model, as_points(targets))
+        plan = self._plan_of(targets, x)
         normalized = self.model.normalized
         coeffs, total = self._read_coefficients(coeffs)
         if normalized and not total > 0:
@@ -103,9 +133,9 @@ class SphereSpectralField(SpectralField):
             if self._degenerate:
                 out[:] = self._constant_field(coeffs, total)
             elif not normalized:
-                out = self._transform_field(x, coeffs, total, project)
+                out = self._transform_field(plan, coeffs, total, project)
             else:
-                out, err = self._transform_field(x, coeffs, total, project)
+                out, err = self._transform_field(plan, coeffs, total, project)
                 fallback = err > self.tolerance
                 count = int(fallback.sum())
                 if count:

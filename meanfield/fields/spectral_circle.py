@@ -120,6 +120,7 @@ from scipy import special
 
 from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, DirectField, FieldOverflowError,
                         check_field_inputs, single_thread_blas)
+from .plans import as_points
 from .spectral import SpectralField
 
 __all__ = [
@@ -296,6 +297,11 @@ def _ive_rows(rho: np.ndarray, L: int, nstart: int) -> np.ndarray:
     return H
 
 
+def _phases(y: np.ndarray) -> np.ndarray:
+    """``e^{i s}`` of the points ``y = r (cos s, sin s)`` (kept in a plan of the sources)."""
+    return (y[:, 0] + 1j * y[:, 1]) / np.hypot(y[:, 0], y[:, 1])
+
+
 class SpectralCircleField(SpectralField):
     """Fourier-series evaluation of the attention field on S^1 at arbitrary points.
 
@@ -418,22 +424,31 @@ class SpectralCircleField(SpectralField):
             out[:, sl] = Dre @ (H * E.real) + Dim @ (H * E.imag)
         return out
 
+    def _target_logits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``rho = |A^T x|`` and ``zt = e^{i phi}`` of ``A^T x = rho (cos phi, sin phi)`` (kept
+        in a plan of the targets)."""
+        g = x @ self._A
+        rho = np.hypot(g[:, 0], g[:, 1])
+        zt = np.where(rho > 0, (g[:, 0] + 1j * g[:, 1]) / np.where(rho > 0, rho, 1.0), 1.0)
+        return rho, zt
+
     # -----------------------------------------------------------------------------------
     def coefficients(self, sources, weights) -> np.ndarray:
         """The source moments ``c_n = sum_j w_j e^{i n s_j}``, ``n = 0..L+1``: linear in the
         weights, so partial sums over parts of the measure (MPI ranks) add up."""
-        y, w = self._measure(sources, weights, always_copy=True)
-        zs = (y[:, 0] + 1j * y[:, 1]) / np.hypot(y[:, 0], y[:, 1])
+        plan, y, w = self._measure(sources, weights, always_copy=True)
+        zs = plan.prepared("source phases", _phases)
         with single_thread_blas():
             return self._moments(zs, w, self.truncation + 1)
 
     def evaluate(self, targets, coeffs, sources, weights, project: bool = True) -> np.ndarray:
         """The field at ``targets`` from the moments ``coeffs`` (:meth:`coefficients`) of the
         measure ``(sources, weights)``; the measure itself is used only by the SA targets
-        that fall back to the direct sums. ``project=False``: the attention average before
-        the tangential projection."""
+        that fall back to the direct sums. ``targets``: a plan of this field (:meth:`plan`)
+        or an array. ``project=False``: the attention average before the tangential projection."""
         model = self.model
-        x, y, w = check_field_inputs(self.model, targets, sources, weights)
+        x, y, w = check_field_inputs(self.model, as_points(targets), as_points(sources), weights)
+        plan = self._plan_of(targets, x)
         c = np.asarray(coeffs)
         total = float(c[0].real)
         self.last_fallback = 0
@@ -441,8 +456,7 @@ class SpectralCircleField(SpectralField):
         if x.shape[0] == 0:
             return out
         # Per target: A^T x = rho (cos phi, sin phi), the logit is rho cos(s - phi).
-        g = x @ self._A
-        rho = np.hypot(g[:, 0], g[:, 1])
+        rho, zt = plan.prepared("target logits", self._target_logits)
         offset = model.logit_offset  # shifted USA: rho(x) - offset <= 0
         if not model.normalized:
             top = float(rho.max()) - offset
@@ -454,7 +468,6 @@ class SpectralCircleField(SpectralField):
         if not total > 0.0:  # USA without mass
             out[:] = 0.0
             return out
-        zt = np.where(rho > 0, (g[:, 0] + 1j * g[:, 1]) / np.where(rho > 0, rho, 1.0), 1.0)
         with single_thread_blas():
             D = self._coefficients(c)
             if self.constant_rho:

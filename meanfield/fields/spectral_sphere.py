@@ -107,9 +107,10 @@ import math
 import numpy as np
 
 from .attention import USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError
+from .plans import as_points
 from .spectral import SphereSpectralField
-from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TINY_B, AngleCache, nufft_epsilon, scaled_in,
-                                spectral_lmax, tails)
+from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TINY_B, nufft_epsilon, plan_angles, plan_frame,
+                                scaled_in, spectral_lmax, tails)
 
 __all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax"]
 
@@ -228,7 +229,6 @@ class SpectralSphereField(SphereSpectralField):
             raise ValueError(f"tolerance must lie in [{MIN_TOLERANCE:g}, 1), got {tolerance!r}")
         self.model = model
         self.tolerance = tol
-        self._angle_cache = AngleCache()  # the angles of this field's large point sets
         self.c, self.v = iso
         self.b = model.beta * self.c
         self.lmax = spectral_lmax(self.b, tol)
@@ -285,7 +285,7 @@ class SpectralSphereField(SphereSpectralField):
         into parts (MPI ranks) are the sum of the parts' coefficients (``Allreduce``). A part
         may carry no mass.
         """
-        y, w = self._measure(sources, weights)
+        plan, y, w = self._measure(sources, weights)
         if self.b == 0.0:
             return np.concatenate([[w.sum()], w @ y])
         size = (self.lmax + 1) * (self.lmax + 2)
@@ -294,7 +294,7 @@ class SpectralSphereField(SphereSpectralField):
         from ducc0.sht.experimental import adjoint_synthesis_general
 
         alm = adjoint_synthesis_general(
-            map=w[None, :], spin=0, lmax=self.lmax, loc=self._angle_cache.angles(y), epsilon=self.epsilon, nthreads=1
+            map=w[None, :], spin=0, lmax=self.lmax, loc=plan_angles(plan), epsilon=self.epsilon, nthreads=1
         )
         return np.ascontiguousarray(alm[0]).view(np.float64)
 
@@ -317,8 +317,8 @@ class SpectralSphereField(SphereSpectralField):
     def _constant_field(self, coeffs: np.ndarray, total: float) -> np.ndarray:
         return coeffs[1:] * (self.v / (total if self.model.normalized else 1.0))
 
-    def _transform_field(self, x, coeffs, total, project):
-        return self._transform(x, coeffs.view(np.complex128)[None, :], total, project)
+    def _transform_field(self, plan, coeffs, total, project):
+        return self._transform(plan, coeffs.view(np.complex128)[None, :], total, project)
 
     # -- the transforms --------------------------------------------------------------------
     def _spectral(self, x, y, w, total, project: bool = True):
@@ -330,9 +330,13 @@ class SpectralSphereField(SphereSpectralField):
         return self._transform(x, coeffs.view(np.complex128)[None, :], float(coeffs[0]) * math.sqrt(4.0 * math.pi),
                                project)
 
-    def _transform(self, x, alm, total, project: bool = True):
-        """:meth:`_spectral` from the moments ``alm`` (shape (1, nalm)) and the total weight."""
+    def _transform(self, targets, alm, total, project: bool = True):
+        """:meth:`_spectral` from the moments ``alm`` (shape (1, nalm)) and the total weight;
+        ``targets`` a plan of this field or an array."""
         from ducc0.sht.experimental import synthesis_general
+
+        plan = self._plan_of(targets, as_points(targets))
+        x = plan.points
 
         L, eps, b, v = self.lmax, self.epsilon, self.b, self.v
         b_abs = abs(b)
@@ -345,11 +349,11 @@ class SpectralSphereField(SphereSpectralField):
                 f"{USA_LOGIT_LIMIT:.1f}; {USA_OVERFLOW_FIX}"
             )
         alm_g = alm * self._lam_g[self._l_of]
-        loc = self._angle_cache.angles(x)
+        loc = plan_angles(plan)
         # spin-1 "DERIV1": maps (d/dtheta, 1/sin(theta) d/dphi) of the spin-0 synthesis, here
         # of Phi_s / b
         g = synthesis_general(alm=alm_g, spin=1, lmax=L, loc=loc, epsilon=eps, nthreads=1, mode="DERIV1")
-        ct, st, cp, sp = self._angle_cache.frame(loc)
+        ct, st, cp, sp = plan_frame(plan)
         gt, gp = g[0], g[1]
         grad = np.empty_like(x)  # grad(Phi_s) / b = gt e_theta + gp e_phi
         grad[:, 0] = gt * ct * cp - gp * sp

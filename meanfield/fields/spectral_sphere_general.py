@@ -125,10 +125,11 @@ import time
 import numpy as np
 
 from .attention import USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError, single_thread_blas
+from .plans import as_points
 from .spectral import SphereSpectralField
 from .spectral_sphere import SpectralSphereField, spectral_cost
-from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TAIL_FRACTION, AngleCache, nufft_epsilon, scaled_in,
-                                spectral_lmax, tails)
+from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TAIL_FRACTION, nufft_epsilon, point_angles,
+                                scaled_in, spectral_lmax, tails)
 
 __all__ = ["AMORTIZED_CALLS", "GeneralSphereField", "MAX_COEFFICIENT_BYTES", "general_cost", "general_plan",
            "real_harmonics", "spectral_sphere_cost", "spectral_sphere_field"]
@@ -563,7 +564,6 @@ class GeneralSphereField(SphereSpectralField):
         limit = MAX_COEFFICIENT_BYTES if max_bytes is None else float(max_bytes)
         self.model = model
         self.tolerance = tol
-        self._angle_cache = AngleCache()  # the angles of this field's large point sets
         self.epsilon = nufft_epsilon(tol)
         self.last_fallback_count = 0
         self.max_bytes = limit
@@ -627,15 +627,14 @@ class GeneralSphereField(SphereSpectralField):
         A float64 array of shape :attr:`coefficient_shape`, linear in the weights (sum the
         parts' arrays over MPI ranks). ``sigma_1 = 0``: ``[W, sum_j w_j y_j]``.
         """
-        y, w = self._measure(sources, weights)
+        plan, y, w = self._measure(sources, weights)
         if self.sigma[0] == 0.0:
             return np.concatenate([[w.sum()], w @ y])
         if w.size == 0:
             return np.zeros(self.coefficient_shape)
         from ducc0.sht.experimental import adjoint_synthesis_general
 
-        yp = y @ self._W
-        loc = self._angle_cache.angles(yp)
+        yp, loc = plan.prepared("rotated sources", lambda p: self._rotated(p, self._W))
         maps = (w, w * yp[:, 0], w * yp[:, 1], w * yp[:, 2])
         alm = np.concatenate([
             adjoint_synthesis_general(map=m[None, :], spin=0, lmax=self.lmax_y, loc=loc, epsilon=self.epsilon,
@@ -661,8 +660,14 @@ class GeneralSphereField(SphereSpectralField):
     def _constant_field(self, coeffs: np.ndarray, total: float) -> np.ndarray:
         return (self.model.V @ coeffs[1:]) / (total if self.model.normalized else 1.0)
 
-    def _transform_field(self, x, coeffs, total, project):
-        return self._transform(x, coeffs, total)
+    def _transform_field(self, plan, coeffs, total, project):
+        return self._transform(plan, coeffs, total)
+
+    @staticmethod
+    def _rotated(points: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rotated points ``points R`` and their :func:`point_angles` (kept in a plan)."""
+        rotated = points @ R
+        return rotated, point_angles(rotated)
 
     # -- the transforms --------------------------------------------------------------------
     def _apply(self, coeffs: np.ndarray) -> np.ndarray:
@@ -673,12 +678,11 @@ class GeneralSphereField(SphereSpectralField):
             np.matmul(block, coeffs[ly.bounds[c] : ly.bounds[c + 1]], out=T[lx.bounds[c] : lx.bounds[c + 1]])
         return T
 
-    def _synthesize(self, x: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``Z_s`` (N,) and ``M'_s`` (N, 3) at the targets, and the rotated targets."""
+    def _synthesize(self, plan, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``Z_s`` (N,) and ``M'_s`` (N, 3) at the targets (a plan), and the rotated targets."""
         from ducc0.sht.experimental import synthesis_general
 
-        xp = x @ self._U
-        loc = self._angle_cache.angles(xp)
+        xp, loc = plan.prepared("rotated targets", lambda p: self._rotated(p, self._U))
         alm = self._lx.to_alm(T)
         F = np.concatenate([
             synthesis_general(alm=alm[k : k + 1], spin=0, lmax=self.lmax_x, loc=loc, epsilon=self.epsilon,
@@ -686,9 +690,11 @@ class GeneralSphereField(SphereSpectralField):
             for k in range(alm.shape[0])])
         return F[0], np.ascontiguousarray(F[1:].T), xp
 
-    def _transform(self, x, coeffs, total):
+    def _transform(self, targets, coeffs, total):
         """USA: the field; SA: the field and its estimated error relative to ``||V||_2``
-        (``inf`` where ``Z_s`` is not resolved). Not projected."""
+        (``inf`` where ``Z_s`` is not resolved). Not projected. ``targets``: a plan of this
+        field or an array."""
+        plan = self._plan_of(targets, as_points(targets))
         s1 = float(self.sigma[0])
         normalized = self.model.normalized
         # shifted USA: the largest logit minus the offset beta ||Q^T K||_2 = sigma_1 is 0
@@ -699,7 +705,7 @@ class GeneralSphereField(SphereSpectralField):
                 f"{USA_LOGIT_LIMIT:.1f}; {USA_OVERFLOW_FIX}"
             )
         T = self._apply(coeffs)
-        z, m, xp = self._synthesize(x, T)
+        z, m, xp = self._synthesize(plan, T)
         num = m @ self._VW.T
         if not normalized:
             factor = np.exp(_scale(xp, self.sigma, self._a) - s1)

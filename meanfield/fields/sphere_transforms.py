@@ -2,7 +2,9 @@
 :mod:`meanfield.fields.spectral_sphere_general`): the NUFFT accuracy settings, the scaled
 modified spherical Bessel functions ``i_l(b) e^{-b}`` and the truncation tails of the
 kernel ``exp(b <x, y>)``, the truncation degree :func:`spectral_lmax`, and the angles of
-point sets for ducc0 (:func:`point_angles`, kept per field by an :class:`AngleCache`).
+point sets for ducc0 and their local frames (:func:`point_angles`, :func:`local_frame`; kept
+in the :class:`~meanfield.fields.plans.PointPlan` of a fixed point set by :func:`plan_angles`,
+:func:`plan_frame`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import math
 import numpy as np
 from scipy import special
 
-__all__ = ["ABSOLUTE_FLOOR", "DUCC_EPS_FLOOR", "MIN_TOLERANCE", "TAIL_FRACTION", "TINY_B", "AngleCache",
-           "nufft_epsilon", "point_angles", "scaled_in", "spectral_lmax", "tails"]
+__all__ = ["ABSOLUTE_FLOOR", "DUCC_EPS_FLOOR", "MIN_TOLERANCE", "TAIL_FRACTION", "TINY_B", "local_frame",
+           "nufft_epsilon", "plan_angles", "plan_frame", "point_angles", "scaled_in", "spectral_lmax", "tails"]
 
 #: ducc0 refuses NUFFT accuracies at or below 2e-13 in double precision.
 DUCC_EPS_FLOOR = 3e-13
@@ -95,49 +97,18 @@ def point_angles(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.stack([theta, phi], axis=1))
 
 
-class AngleCache:
-    """The angles (:func:`point_angles`) of the last few large point sets, owned by one field.
+def local_frame(loc: np.ndarray) -> tuple:
+    """``(cos theta, sin theta, cos phi, sin phi)`` of the angles ``loc`` (:func:`point_angles`):
+    the local frame ``(e_theta, e_phi)`` of the spin-1 transforms."""
+    theta, phi = loc[:, 0], loc[:, 1]
+    return (np.cos(theta), np.sin(theta), np.cos(phi), np.sin(phi))
 
-    The finite-volume solver asks its field for the angles of the same points (edge
-    quadrature points, cell centres) at every stage, and the two arctangents cost about 8
-    times a comparison of the coordinates; so the angles of the last ``size`` point sets of
-    at least ``min_points`` points are kept and returned when the coordinates are equal
-    (compared in full, so a point set changed in place is never served stale angles).
-    Returned kept arrays are read-only. Each field builds its own (no process-global state).
-    """
 
-    def __init__(self, size: int = 4, min_points: int = 4096):
-        self.size = int(size)
-        self.min_points = int(min_points)
-        #: ``[(copy of the points, angles)]``, most recent last.
-        self._kept: list = []
-        #: ``[(angles, (cos theta, sin theta, cos phi, sin phi))]`` of kept angle sets.
-        self._frames: list = []
+def plan_angles(plan) -> np.ndarray:
+    """The :func:`point_angles` of a plan's points, made once and kept in the plan."""
+    return plan.prepared("angles", point_angles)
 
-    def angles(self, x: np.ndarray) -> np.ndarray:
-        """:func:`point_angles` ``(x)``, the kept array when ``x`` equals a kept point set."""
-        big = x.shape[0] >= self.min_points
-        if big:
-            for k, (pts, loc) in enumerate(self._kept):
-                if pts.shape == x.shape and np.array_equal(pts, x):
-                    self._kept.append(self._kept.pop(k))
-                    return loc
-        loc = point_angles(x)
-        if big:
-            loc.flags.writeable = False
-            self._kept.append((np.array(x, dtype=float, copy=True), loc))
-            del self._kept[:-self.size]
-        return loc
 
-    def frame(self, loc: np.ndarray) -> tuple:
-        """``cos theta, sin theta, cos phi, sin phi`` of the angles ``loc``; kept with the
-        angle sets of :meth:`angles` (read-only arrays, recognized by identity)."""
-        for ref, frame in self._frames:
-            if ref is loc:
-                return frame
-        theta, phi = loc[:, 0], loc[:, 1]
-        frame = (np.cos(theta), np.sin(theta), np.cos(phi), np.sin(phi))
-        if not loc.flags.writeable and any(loc is kept for _, kept in self._kept):
-            self._frames.append((loc, frame))
-            del self._frames[:-self.size]
-        return frame
+def plan_frame(plan) -> tuple:
+    """The :func:`local_frame` of a plan's angles (:func:`plan_angles`), made once and kept."""
+    return plan.prepared("frame", lambda _: local_frame(plan_angles(plan)))

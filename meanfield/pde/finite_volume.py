@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from ..fields.attention import AttentionField
+from ..fields.plans import make_plan
 from ..geometry.mesh import Mesh
 
 __all__ = ["FiniteVolume", "SCHEMES", "register_scheme"]
@@ -97,7 +98,9 @@ class FiniteVolume:
     ----------
     mesh : Mesh
     field : AttentionField
-        Backend evaluating X[mu] (``field(targets, sources, weights)``).
+        Backend evaluating X[mu] (``field(targets, sources, weights)``). Where it makes plans
+        (``field.plan(points)``, :mod:`meanfield.fields.plans`) the operator makes them once,
+        for the edge points and the cell centres, and passes them at every stage.
     scheme : str
         Key of :data:`SCHEMES`.
     partition : meanfield.parallel.Partition, optional
@@ -133,13 +136,18 @@ class FiniteVolume:
             stencil = np.concatenate([owned, np.setdiff1d(np.unique(mesh.edge_cells[edges]), owned)])
             self._owned, self._edges, self._stencil = owned, edges, stencil
         self.n_owned = owned.size
-        self._targets = mesh.edge_points[edges].reshape(-1, mesh.d)
+        targets = mesh.edge_points[edges].reshape(-1, mesh.d)
         #: The field evaluation points of this operator (the quadrature points of its edges).
-        self.n_targets = self._targets.shape[0]
+        self.n_targets = targets.shape[0]
+        # the field's plans (the points themselves for a backend without plans): the edge
+        # points (targets of every stage), all cell centres (the sources, and the targets of
+        # the velocity output), this rank's cell centres (the sources it sums, spectral)
+        self._targets = make_plan(field, targets)
+        self._centers = make_plan(field, mesh.centers)
         self._normals = mesh.edge_normals[edges]
         self._weights = mesh.edge_weights[edges]
         self._areas = mesh.areas[owned]
-        self._owned_centers = mesh.centers[owned]  # the sources this rank sums (spectral)
+        self._owned_centers = self._centers if partition is None else make_plan(field, mesh.centers[owned])
         # Row of each stencil cell, local index of each edge and owned cell.
         row = np.full(n, -1, dtype=np.intp)
         row[stencil] = np.arange(stencil.size)
@@ -170,7 +178,7 @@ class FiniteVolume:
         mesh = self.mesh
         masses = self.masses(rho)
         if self.partition is None:
-            x = self.field(self._targets, mesh.centers, masses)
+            x = self.field(self._targets, self._centers, masses)
         else:
             x = self.partition.field(self.field, self._targets, mesh.centers, masses, self._owned_centers)
         return np.einsum("eqd,eqd->eq", x.reshape(self._normals.shape), self._normals)
@@ -180,7 +188,7 @@ class FiniteVolume:
         mesh = self.mesh
         masses = self.masses(rho)
         if self.partition is None:
-            return self.field(mesh.centers, mesh.centers, masses)
+            return self.field(self._centers, self._centers, masses)
         local = self.partition.field(self.field, self._owned_centers, mesh.centers, masses, self._owned_centers)
         return self.partition.gather(local)
 
