@@ -29,8 +29,10 @@ measured peak RSS: 1.04 to 1.30 times the measurement). For ``N`` cells, ``q`` =
 * projecting the initial density: (8 + 40 nq) N on the circle, (80 + 64 nq) N on the
   sphere (``nq`` = 16 at the default degree 8 on triangles, 5 on the circle);
 * a step: the stage arrays, circle 200 N, sphere (44 + 241 q) N; the spectral sphere
-  backend keeps the angles of its point sets, (72 + 108 q) N; the direct backend 48 N and
-  its ~2 MiB blocks; the general-``Q, K, V`` sphere backend its coefficient matrix;
+  backend's plans of the edge points and cell centres (angles, frames), (72 + 108 q) N
+  (measured with the coordinate-matching angle cache the plans replaced, which kept the
+  same angles and frames; a plan's copy of the points replaces the operator's own, so this
+  overestimates a little); the direct backend 48 N and its ~2 MiB blocks; the general-``Q, K, V`` sphere backend its coefficient matrix;
 * a snapshot: the snapshot arrays and their ``.npz`` image, ``3 (2 d + 3) 8 N``; the
   density of every snapshot is kept for the pictures, ``8 N`` each, and the circle's
   space-time picture copies them once more;
@@ -114,8 +116,9 @@ _DIRECT_BLOCKS = 8.0 * (1 << 20)
 _PDE_STAGES = {"ssprk3": 3, "ssprk43": 4, "ssprk2": 2, "euler": 1}
 _PARTICLE_EVALS = {"dopri5": 6, "bs32": 3, "rk4": 4, "euler": 1, "euler_tangent": 1}
 #: Particle runs, in arrays of ``n x d`` doubles alive at the peak of a step (state,
-#: stages, the field's work arrays; the spherical spectral backend keeps the angles of
-#: its last 4 point sets: 12 of them), of a snapshot, and of the sampling.
+#: stages, the field's work arrays; measured when the spherical spectral backend kept the
+#: angles of its last 4 point sets, 12 of them: moving particles now prepare their angles
+#: for each call only, so this overestimates), of a snapshot, and of the sampling.
 _PARTICLE_STEP = {2: 20.0, 3: 31.0}
 _PARTICLE_SNAPSHOT = {2: 12.0, 3: 32.0}
 _PARTICLE_SAMPLE = 5.0
