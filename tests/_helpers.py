@@ -158,3 +158,18 @@ def exact_sphere_field(x, beta: float, c: float, R, V, normalized: bool) -> np.n
         N = (G @ R) @ V.T / s  # rows V R^T grad H / s
     v = N / H[:, None] if normalized else N
     return v - np.sum(v * x, axis=1, keepdims=True) * x
+
+
+# -- a communicator without MPI --------------------------------------------------------------
+class FakeComm:
+    """The parts of a communicator a Distributor / Partition's construction uses: rank ``rank``
+    of ``size`` (no MPI)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size

@@ -5,23 +5,13 @@ import numpy as np
 import pytest
 
 import meanfield as mf
+from _helpers import FakeComm
 from meanfield.pde.finite_volume import FiniteVolume
 from meanfield.geometry.mesh import CircleMesh, morton_order
 from meanfield.parallel import Distributor, Partition
 from meanfield.geometry.sphere import SphereMesh, icosahedral
 
 
-class _Comm:
-    """The parts of a communicator a Partition's construction uses (one of ``size`` ranks)."""
-
-    def __init__(self, rank, size):
-        self.rank, self.size = rank, size
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.size
 
 
 class _Dist(Distributor):
@@ -64,7 +54,7 @@ def test_the_shares_of_the_update_assemble_to_the_serial_update(kind, scheme, si
     smallest = np.inf
     evaluated = []
     for rank in range(size):
-        part = Partition(_Dist(_Comm(rank, size)), mesh)
+        part = Partition(_Dist(FakeComm(rank, size)), mesh)
         owners[part.cells] += 1
         counting = _CountingField(field)
         fv = FiniteVolume(mesh, counting, scheme, partition=part)
@@ -88,7 +78,7 @@ def test_the_shares_of_the_update_assemble_to_the_serial_update(kind, scheme, si
 def test_shares_are_compact_along_the_curve():
     """A rank's cells form a compact patch: few of its edges are shared with other ranks."""
     for mesh in (icosahedral(4), _shuffled(icosahedral(4), seed=3)):
-        part = Partition(_Dist(_Comm(1, 4)), mesh)
+        part = Partition(_Dist(FakeComm(1, 4)), mesh)
         mask = np.zeros(mesh.n_cells, dtype=bool)
         mask[part.cells] = True
         sides = mask[mesh.edge_cells]

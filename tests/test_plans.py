@@ -11,6 +11,7 @@ import pytest
 
 import meanfield as mf
 from _helpers import sphere_points
+from _helpers import FakeComm
 from meanfield.fields.plans import PointPlan, as_points, make_plan
 from meanfield.fields.spectral_circle import SpectralCircleField
 from meanfield.fields.spectral_sphere import SpectralSphereField
@@ -21,22 +22,13 @@ from meanfield.parallel import DistributedField, DistributedPlan, Distributor, P
 from meanfield.pde.finite_volume import FiniteVolume
 
 
-class _Comm:
-    def __init__(self, rank, size):
-        self.rank, self.size = rank, size
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.size
 
 
 class _OneRank(Distributor):
     """A distributor of one rank, no MPI."""
 
     def __init__(self):
-        super().__init__(_Comm(0, 1))
+        super().__init__(FakeComm(0, 1))
 
     def allreduce_sum(self, coeffs):
         return np.array(coeffs, copy=True)
