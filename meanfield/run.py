@@ -471,7 +471,6 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     goes on with the output times k+1, ... of an uninterrupted run.
     """
     times = output_times(case["solver"]["t_end"], case["output"]["every"])
-    root = dist is None or dist.root
     restart_from = None  # the directory of the run that is continued
     paths = restart_paths(out_dir, restart)
     if paths is not None:
@@ -480,60 +479,126 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     copying = paths is not None and paths[0] != paths[1]  # else continued in place
     if not restart:
         _refuse_hopeless(run, case, source)  # the same on every rank (replicated state)
-    writer = RunWriter(out_dir) if out_dir is not None and root else None
-    vtk_on = run.mesh.manifold == "sphere"
-    problem = None
-    saved = None
-    vtk = None
-    if writer is not None:
-        from .io.output import RestartError
+    sink = _Outputs.open(run, case, out_dir, times, source, dist, restart_from if restart else None, copying,
+                         overwrite)
+    rows, first = _restored(run, sink.saved, dist) if restart else ([], 0)
+    _log_start(run, case, label, times, out_dir, restart_from if restart else None, first, copying)
+    bar = _progress_bar(times[-1], run.state.t if restart else None) if progress and (dist is None or dist.root) \
+        else None
+    try:
+        arrays, seconds = _time_loop(run, case, times, first, rows, sink, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    sink.finish(arrays)
+    n_clusters = rows[-1]["n_clusters"]
+    log.info("done: t=%g in %s, %.2f s; mass %.16g, min density %.3e, %d cluster%s", run.state.t, run.summary(),
+             seconds, rows[-1]["mass"], rows[-1]["min_density"], n_clusters, "" if n_clusters == 1 else "s")
+    return rows
 
+
+@dataclass
+class _Outputs:
+    """What a run writes (rank 0 only; the attributes are ``None`` elsewhere and for
+    ``out_dir=None``): the run directory, the VTK series, and the run continued (``saved``)."""
+
+    writer: RunWriter | None = None
+    vtk: object = None
+    saved: object = None
+
+    @classmethod
+    def open(cls, run, case, out_dir, times, source, dist, restart_from, copying: bool, overwrite: bool):
+        """Prepare the output directory (a fresh run, the run continued in place, or copied
+        into ``out_dir``); a problem is raised as :class:`CaseError` on every rank."""
+        sink = cls()
+        restart = restart_from is not None
+        problem = None
+        if out_dir is not None and (dist is None or dist.root):
+            try:
+                sink._prepare(run, case, Path(out_dir), times, source, restart_from, copying, overwrite)
+            except Exception as exc:  # noqa: BLE001 -- say it on every rank rather than leave them waiting
+                problem = _setup_problem(exc, out_dir, restart_from, restart)
+        if dist is not None and out_dir is not None:
+            problem = dist.bcast(problem)  # every rank stops before the run, none waits
+        if problem is not None:
+            raise CaseError(*problem)
+        return sink
+
+    def _prepare(self, run, case, out_dir: Path, times, source, restart_from, copying, overwrite) -> None:
+        restart = restart_from is not None
+        vtk_on = run.mesh.manifold == "sphere"
+        self.writer = writer = RunWriter(out_dir)
+        if restart:
+            self.saved = _open_restart(run, case, restart_from, times, source, vtk_on)  # reads only
+        saved = self.saved
+        if not restart or copying:
+            _check_out_dir(out_dir, case, overwrite)
+        writer.prepare(fresh=not restart or copying)  # into another directory: as a fresh run
+        if saved is not None and not copying:
+            writer.resume(saved)  # the products after snapshot k go
+        writer.write_case(dump_case(case))
+        if copying:
+            writer.copy_snapshots(saved)  # snapshots 0..k and the rows 0..k, read from restart_from
+        if vtk_on:
+            from .io.vtk_output import VtkSeries
+
+            self.vtk = VtkSeries(writer.dir)
+            if saved is not None:
+                if copying:
+                    self.vtk.copy(saved.vtk_files, [row["t"] for row in saved.rows])
+                else:
+                    self.vtk.resume([row["t"] for row in saved.rows])
+
+    def write(self, run, index: int, arrays: dict, row: dict) -> None:
+        if self.writer is not None:
+            self.writer.write_snapshot(index, arrays, row)
+            if self.vtk is not None:
+                self.vtk.write(index, row["t"], run.polydata(arrays))
+
+    def save_last_good(self, last_good: dict) -> str:
+        """``last_good.npz`` written; the words the failure message ends with."""
+        if self.writer is None:
+            return ""
+        t_good = float(last_good["t"])
         try:
-            if restart:
-                saved = _open_restart(run, case, restart_from, times, source, vtk_on)  # reads only
-            if not restart or copying:
-                _check_out_dir(Path(out_dir), case, overwrite)
-            writer.prepare(fresh=not restart or copying)  # into another directory: as a fresh run
-            if saved is not None and not copying:
-                writer.resume(saved)  # the products after snapshot k go
-            writer.write_case(dump_case(case))
-            if copying:
-                writer.copy_snapshots(saved)  # snapshots 0..k and the rows 0..k, read from restart_from
-            if vtk_on:
-                from .io.vtk_output import VtkSeries
+            path = self.writer.write_npz("last_good.npz", last_good)
+            return f"; last good state (t={t_good:.6g}) saved to {path}"
+        except OSError as write_exc:
+            return f"; could not save the last good state (t={t_good:.6g}): {write_exc}"
 
-                vtk = VtkSeries(writer.dir)
-                if saved is not None:
-                    if copying:
-                        vtk.copy(saved.vtk_files, [row["t"] for row in saved.rows])
-                    else:
-                        vtk.resume([row["t"] for row in saved.rows])
-        except CaseError as exc:
-            problem = (exc.source, exc.key, exc.reason)
-        except RestartError as exc:  # a file of the run to continue could not be read for the copy
-            problem = ("--restart", str(restart_from), str(exc))
-        except OSError as exc:
-            problem = ("--out", str(out_dir), f"output directory is not writable: {exc}")
-        except Exception as exc:  # noqa: BLE001 -- say it on every rank rather than leave them waiting
-            problem = ("--restart" if restart else "--out", str(out_dir), f"{type(exc).__name__}: {_one_line(exc)}")
-    if dist is not None and out_dir is not None:
-        problem = dist.bcast(problem)  # every rank stops before the run, none waits
-    if problem is not None:
-        raise CaseError(*problem)
-    rows: list[dict] = []
-    first = 0
-    if restart:
-        payload = None
-        if saved is not None:
-            payload = ({k: saved.arrays[k] for k in (*run.RESTART_KEYS, "steps", "rejected") if k in saved.arrays},
-                       saved.rows, saved.index)
-        if dist is not None:
-            payload = dist.bcast(payload)  # every rank starts from rank 0's reading, bitwise
-        state_arrays, rows, k = payload
-        rows = list(rows)
-        run.restore(state_arrays, saved.history if saved is not None else ())
-        first = k + 1
-    progress = progress and root
+    def finish(self, arrays: dict) -> None:
+        if self.writer is not None:
+            self.writer.write_npz("final.npz", arrays)
+
+
+def _setup_problem(exc: Exception, out_dir, restart_from, restart: bool) -> tuple[str, str, str]:
+    """``(source, key, reason)`` of a failure while preparing the output directory."""
+    from .io.output import RestartError
+
+    if isinstance(exc, CaseError):
+        return (exc.source, exc.key, exc.reason)
+    if isinstance(exc, RestartError):  # a file of the run to continue could not be read for the copy
+        return ("--restart", str(restart_from), str(exc))
+    if isinstance(exc, OSError):
+        return ("--out", str(out_dir), f"output directory is not writable: {exc}")
+    return ("--restart" if restart else "--out", str(out_dir), f"{type(exc).__name__}: {_one_line(exc)}")
+
+
+def _restored(run, saved, dist) -> tuple[list[dict], int]:
+    """Restore the run from rank 0's reading of its last complete snapshot k (broadcast, so
+    every rank starts bitwise alike); returns the rows 0..k and the next output index k + 1."""
+    payload = None
+    if saved is not None:
+        payload = ({k: saved.arrays[k] for k in (*run.RESTART_KEYS, "steps", "rejected") if k in saved.arrays},
+                   saved.rows, saved.index)
+    if dist is not None:
+        payload = dist.bcast(payload)
+    state_arrays, rows, k = payload
+    run.restore(state_arrays, saved.history if saved is not None else ())
+    return list(rows), k + 1
+
+
+def _log_start(run, case, label, times, out_dir, restart_from, first: int, copying: bool) -> None:
     log.info("%s: %s; t_end=%g, %d snapshots%s", label, run.describe(), times[-1], len(times),
              f" -> {out_dir}" if out_dir is not None else "")
     if getattr(run, "first_dt", None) is not None:
@@ -541,20 +606,28 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
         log.info("steps: %s to t_end at the step of t = 0 (%.3g, set by %s%s); limit solver.max_steps = %d",
                  f"{run.predicted_steps:,.0f}", run.first_dt, STEP_BOUND_NAMES.get(run.first_bound, run.first_bound),
                  "" if fixed else "; more once clusters collapse", case["solver"]["max_steps"])
-    if restart:
+    if restart_from is not None:
         log.info("restart: continuing the run in %s from t = %r (snapshot %d of %d, step %d)%s", restart_from,
                  run.state.t, first - 1, len(times) - 1, run.state.steps,
                  f", writing into {out_dir} (snapshots 0..{first - 1} copied)" if copying else "")
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=times[-1], unit="t", file=sys.stderr, dynamic_ncols=True,
-                   bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}] {postfix}")
-        if restart:
-            bar.n = run.state.t
-            bar.update(0)
 
+def _progress_bar(t_end: float, t_start=None):
+    from tqdm import tqdm
+
+    bar = tqdm(total=t_end, unit="t", file=sys.stderr, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}] {postfix}")
+    if t_start is not None:
+        bar.n = t_start
+        bar.update(0)
+    return bar
+
+
+def _time_loop(run, case, times, first: int, rows: list, sink: _Outputs, bar) -> tuple[dict, float]:
+    """Snapshots ``first, ...`` of ``times`` (0 included for a fresh run), with the run-health
+    checks after every step and snapshot; returns the last snapshot's arrays and the seconds
+    the loop took. A failure
+    saves ``last_good.npz`` and raises :class:`RunFailure`; Ctrl-C raises :class:`RunInterrupted`."""
     budget = StepBudget(times[-1], case["solver"]["max_steps"], hint=getattr(run, "stall_hint", lambda: "")())
     watch = FloatingPointWatch()
 
@@ -567,28 +640,27 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
             bar.set_postfix_str(f"step {st.steps}, dt={dt:.2e}", refresh=False)
             bar.update(0)
 
-    kept = [None]  # (index, t) of the last complete snapshot
+    kept = None  # (index, t) of the last complete snapshot
 
     def snapshot(index):
+        nonlocal kept
         arrays, row = run.snapshot()
         watch.check(row["t"])
         check_row(row)
         rows.append(row)
-        if writer is not None:
-            writer.write_snapshot(index, arrays, row)
-            if vtk is not None:
-                vtk.write(index, row["t"], run.polydata(arrays))
-        kept[0] = (index, row["t"])
+        sink.write(run, index, arrays, row)
+        kept = (index, row["t"])
         return arrays
 
     wall = time.perf_counter()
     last_good = run.checkpoint()
+    saved = sink.saved
     arrays = saved.arrays if saved is not None else None
-    if saved is not None:
-        kept[0] = (first - 1, float(saved.arrays["t"]))
+    if first > 0:
+        kept = (first - 1, float(run.state.t))
     try:
         with watch:
-            if not restart:
+            if first == 0:
                 arrays = snapshot(0)
                 first = 1
             for index in range(first, len(times)):
@@ -596,41 +668,22 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
                 arrays = snapshot(index)
                 last_good = run.checkpoint()
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        where = "no snapshot was completed" if kept[0] is None else \
-            f"snapshot {kept[0][0]} (t = {kept[0][1]:.6g}) is the last one kept"
-        raise RunInterrupted(f"interrupted at t = {run.state.t:.6g}; {where}", run.state.t, kept[0],
-                             out_dir) from None
+        where = "no snapshot was completed" if kept is None else \
+            f"snapshot {kept[0]} (t = {kept[1]:.6g}) is the last one kept"
+        out_dir = sink.writer.dir if sink.writer is not None else None
+        raise RunInterrupted(f"interrupted at t = {run.state.t:.6g}; {where}", run.state.t, kept, out_dir) from None
     except Exception as exc:
         # NonFiniteStateError, RunHealthError, StalledRunError and FieldOverflowError are the
         # expected failures; anything else raised while stepping (e.g. the field refusing a
         # non-finite intermediate stage) is a failure of the run too, with the last good
         # state saved all the same.
-        if bar is not None:
-            bar.close()
         expected = (NonFiniteStateError, FieldOverflowError, RunHealthError, StalledRunError)
         reason = str(exc) if isinstance(exc, expected) else f"{type(exc).__name__}: {exc}"
-        where = ""
-        if writer is not None:
-            t_good = float(last_good["t"])
-            try:
-                path = writer.write_npz("last_good.npz", last_good)
-                where = f"; last good state (t={t_good:.6g}) saved to {path}"
-            except OSError as write_exc:
-                where = f"; could not save the last good state (t={t_good:.6g}): {write_exc}"
+        where = sink.save_last_good(last_good)
         replicated = isinstance(exc, (NonFiniteStateError, StalledRunError)) or \
             (isinstance(exc, RunHealthError) and exc.replicated)
         raise RunFailure(f"{reason}{where}", replicated=replicated) from exc
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.write_npz("final.npz", arrays)
-    n_clusters = rows[-1]["n_clusters"]
-    log.info("done: t=%g in %s, %.2f s; mass %.16g, min density %.3e, %d cluster%s", run.state.t, run.summary(),
-             time.perf_counter() - wall, rows[-1]["mass"], rows[-1]["min_density"], n_clusters,
-             "" if n_clusters == 1 else "s")
-    return rows
+    return arrays, time.perf_counter() - wall
 
 
 def _one_line(text) -> str:
