@@ -99,6 +99,7 @@ from typing import Callable
 import numpy as np
 
 from ..fields.attention import AttentionField, AttentionModel
+from ..pde.health import StepBudget
 from ..pde.timestepping import NonFiniteStateError, StalledRunError, Stepper
 
 __all__ = [
@@ -346,12 +347,12 @@ class ParticleSystem(Stepper):
         error-controlled integrators).
     rtol, atol : float
         Tolerances of the error-controlled integrators (solve_ivp's convention).
-    max_steps : int or None
-        Stop with :class:`StalledRunError` once the steps done plus those predicted from the
-        current step to ``t_end`` (or to the step's ``t_limit`` when ``t_end`` is not given)
-        exceed this (``None``: no limit).
-    t_end : float or None
-        Final time of the run, for the prediction of ``max_steps``.
+    max_steps, t_end : int or None, float or None
+        The progress guarantee of :func:`meanfield.run.drive`
+        (:class:`~meanfield.pde.health.StepBudget`): stop with :class:`StalledRunError` once
+        the steps done plus those predicted to ``t_end`` (default: the furthest finite
+        ``t_limit`` of a step) exceed ``max_steps`` (``None``: no limit; the CLI passes
+        ``None``, its time loop keeps the budget).
     """
 
     def __init__(self, field: AttentionField, integrator: str | None = None, dt="auto", cfl: float = 0.4,
@@ -398,6 +399,7 @@ class ParticleSystem(Stepper):
         self.rtol, self.atol = float(rtol), float(atol)
         self.max_steps = None if max_steps is None else int(max_steps)
         self.t_end = None if t_end is None else float(t_end)
+        self._budget = None  # the progress guarantee of meanfield.run.drive, for runs driven from Python
         a = float(np.linalg.norm(self.model.interaction, 2))
         # Modes up to ~4 sqrt(2 beta) cover the fastest-growing one (k ~ sqrt(2 beta)).
         self.rate = self.model.rate_bound(max_mode=max(64, int(4.0 * math.sqrt(2.0 * a)) + 1))
@@ -481,19 +483,25 @@ class ParticleSystem(Stepper):
         dt, what = self._auto_rule(v, a)
         return (dt, what) if dt <= self.dt_max else (self.dt_max, "dt_max")
 
-    def _check_step(self, state, dt: float, t_limit: float, budget: bool = True) -> None:
-        """Refuse a step that is not finite and > 0 or that would not move ``state.t``, and
-        (``budget``) one whose predicted step count exceeds ``max_steps``."""
+    @staticmethod
+    def _check_step(state, dt: float) -> None:
+        """Refuse a step that is not finite and > 0 or that would not move ``state.t``."""
         if not (dt > 0 and math.isfinite(dt)) or state.t + dt == state.t:
             raise StalledRunError(f"t={state.t:.6g}: the step {dt:.3g} does not advance the time; {_FIX}")
-        t_final = self.t_end if self.t_end is not None else t_limit
-        if budget and self.max_steps is not None and math.isfinite(t_final):
-            predicted = state.steps + (t_final - state.t) / dt
-            if predicted > self.max_steps:
-                raise StalledRunError(
-                    f"t={state.t:.6g}: steps of {dt:.3g} need about {predicted:.3g} steps to t = {t_final:g}, more "
-                    f"than solver.max_steps = {self.max_steps}; raise solver.max_steps, shorten solver.t_end, or "
-                    f"{_FIX}")
+
+    def _finish(self, state, dt: float, t_limit: float) -> None:
+        """End the step; with ``max_steps``, the step budget towards ``t_end`` (or the
+        furthest finite ``t_limit`` seen) is checked (:class:`~meanfield.pde.health.StepBudget`)."""
+        self.finish_step(state, dt, t_limit)
+        if self.max_steps is None:
+            return
+        target = self.t_end if self.t_end is not None else t_limit
+        if not math.isfinite(target):
+            return
+        if self._budget is None:
+            self._budget = StepBudget(target, self.max_steps, hint=_FIX)
+        self._budget.t_end = max(self._budget.t_end, target)
+        self._budget.update(state, dt)
 
     def step(self, state: ParticleState, t_limit: float = math.inf) -> float:
         """Advance ``state`` in place by one step not passing ``t_limit``; returns the step."""
@@ -520,12 +528,12 @@ class ParticleSystem(Stepper):
         dt = self.auto_dt(v0, a0) if self.dt == "auto" else self.dt
         dt = min(dt, self.dt_max)
         dt = self.clip_step(state.t, dt, t_limit)
-        self._check_step(state, dt, t_limit)
+        self._check_step(state, dt)
         x = integ.step(rhs, state.x, dt, a0 if integ.unprojected else v0)
         if not np.all(np.isfinite(x)):
             raise NonFiniteStateError(f"t={state.t + dt:.6g}: a particle position became non-finite")
         state.x = x
-        self.finish_step(state, dt, t_limit)
+        self._finish(state, dt, t_limit)
         return dt
 
     def error_norm(self, x: np.ndarray, x_new: np.ndarray, err: np.ndarray) -> float:
@@ -554,7 +562,7 @@ class ParticleSystem(Stepper):
                     f"t={state.t:.6g}: the error control needs steps below {floor:.3g} (step underflow at "
                     f"solver.rtol = {self.rtol:g}, solver.atol = {self.atol:g}); raise solver.rtol/solver.atol "
                     f"(they must stay well above the round-off, 1e-16 relative)")
-            self._check_step(state, h, t_limit, budget=False)
+            self._check_step(state, h)
             with np.errstate(over="ignore", invalid="ignore"):  # a non-finite trial is rejected below
                 x_new, v_new, err = integ.step(rhs, state.x, h, v0)
                 norm = self.error_norm(state.x, x_new, err)
@@ -574,13 +582,11 @@ class ParticleSystem(Stepper):
         h_next = h * factor
         landed = h == t_limit - state.t
         state.x = x_new
-        self.finish_step(state, h, t_limit)
+        self._finish(state, h, t_limit)
         self._fsal = (x_new, state.weights, v_new, a_new)
         # Every output time starts the controller afresh from the automatic rule, so that a
         # run restarted from a snapshot takes the same steps as the uninterrupted run.
         self._h_next = None if landed else h_next
-        if not landed:
-            self._check_step(state, h_next, t_limit)
         return h
 
 
