@@ -1,0 +1,1 @@
+"""Velocity models: sums of attention heads and a perceptron, fixed or changing in time."""
