@@ -238,14 +238,32 @@ def _quadrature_points(manifold: str, degree: int) -> int:
 # ---------------------------------------------------------------------------------------
 # backends
 # ---------------------------------------------------------------------------------------
-def _model(case: dict, d: int):
-    from .fields.attention import AttentionModel
+def _segments(case: dict, d: int) -> list[list]:
+    """The attention heads (:class:`~meanfield.fields.attention.AttentionModel`) of every
+    interval of the case's velocity model (:func:`meanfield.run.build_model`; random heads:
+    layer 0's, like every layer's in cost)."""
+    from .run import build_model
 
-    m = case["model"]
-    args = dict(d=d, beta=m["beta"], Q=m["Q"], K=m["K"], V=m["V"], normalized=m["kind"] == "SA")
-    if m.get("shift"):
-        args["shift"] = True
-    return AttentionModel(**args)
+    model = build_model(case, d, check=False)
+    return [[h.attention for h in terms.heads if h.weight] for terms in model.all_terms()]
+
+
+def _heads_choice(segments, backend: str, tolerance: float, n_targets: int, n_sources: int):
+    """``(name, pair cost of one call, extra bytes)`` of the velocity: the dearest interval's
+    summed head costs, and the extra bytes of every head backend (all are built up front)."""
+    names, cost, extra = [], 0.0, 0.0
+    for heads in segments:
+        seg_cost = 0.0
+        for head in heads:
+            name, c, e = _field_choice(head, backend, tolerance, n_targets, n_sources)
+            names.append(name)
+            seg_cost += c
+            extra += e
+        cost = max(cost, seg_cost)
+    if not names:
+        return "none", 0.0, 0.0
+    unique = sorted(set(names))
+    return (unique[0] if len(unique) == 1 else "+".join(unique)), cost, extra
 
 
 def _field_choice(model, backend: str, tolerance: float, n_targets: int, n_sources: int):
@@ -283,6 +301,8 @@ def _field_choice(model, backend: str, tolerance: float, n_targets: int, n_sourc
 def _energy_seconds(model, n: int) -> float:
     """The energy of one snapshot: spectral from 20000 points on where the model allows it
     (rotation invariant), else the O(n^2) double sum."""
+    if model is None:
+        return 0.0
     iso = model.d == 3 and model.isotropic() is not None
     if model.d == 2:
         qk = model.Q.T @ model.K
@@ -442,7 +462,8 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
     n_points = n_edges * q  # the field's targets
     snaps = _snapshots(case)
     s = case["solver"]
-    model = _model(case, d)
+    segments = _segments(case, d)
+    model = next((h for heads in segments for h in heads), None)  # the energy's cost: the first head's
     pictures = bool(case["output"].get("plots", True))
     circle_spectral = manifold == "circle" and s["scheme"] == "spectral"
     nq = _quadrature_points(manifold, case["initial"].get("quadrature_degree", 8))
@@ -452,14 +473,14 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
         if circle_spectral:
             name, cost, extra = "Fourier pseudo-spectral", 60.0 * nc * math.log2(max(nc, 2)), 0.0
         else:
-            name, cost, extra = _field_choice(model, s["backend"], s["tolerance"], ne * q, nc)
+            name, cost, extra = _heads_choice(segments, s["backend"], s["tolerance"], ne * q, nc)
         phases = _pde_phases(manifold, nc, q, nq, d, "spectral" if circle_spectral else name, extra, snaps, ranks,
                              pictures)
         return phases, name, cost
 
     def particle(nn: int, nc: int, held: float, build: float, files: bool, plots: bool,
                  snaps: int = snaps) -> tuple[dict, str, float]:
-        name, cost, extra = _field_choice(model, s["backend"], s["tolerance"], nn, nn)
+        name, cost, extra = _heads_choice(segments, s["backend"], s["tolerance"], nn, nn)
         return _particle_phases(manifold, nn, d, name, snaps, held, build, extra, files, plots, nc), name, cost
 
     def phases_for(nc: int, nn: int, snaps: int = snaps) -> dict:

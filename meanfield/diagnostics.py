@@ -27,6 +27,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from .fields.attention import AttentionModel
+from .dynamics.model import as_velocity_model
 from .fields.energy import energy
 
 __all__ = ["ClusterCriterion", "find_clusters", "find_particle_clusters", "particle_groups", "compute"]
@@ -219,19 +220,46 @@ def max_speed(velocity: np.ndarray) -> float:
     return scale * float(np.sqrt(np.max(np.einsum("ij,ij->i", u, u))))
 
 
-def run_energy(model: AttentionModel, points, weights) -> float:
-    """The ``energy`` column: :func:`~meanfield.fields.energy.energy`, shifted (``exp(-beta c) E``)
-    when ``model.shift`` is set -- for USA the functional it ascends, for SA (whose dynamics
-    the shift does not change) the way to keep the column finite at large beta, where ``E``
-    exceeds double precision. An overflow gives ``inf``, which the run-health check reports."""
+def run_energy(model, points, weights, t: float = 0.0) -> float | None:
+    """The ``energy`` column at time ``t``.
+
+    One head of weight 1 (an :class:`AttentionModel`, or a velocity model that is just that):
+    :func:`~meanfield.fields.energy.energy`, shifted (``exp(-beta c) E``) when ``model.shift``
+    is set -- for USA the functional it ascends, for SA (whose dynamics the shift does not
+    change) the way to keep the column finite at large beta, where ``E`` exceeds double
+    precision. Composite terms (:class:`~meanfield.dynamics.model.Terms`): the functional
+    they ascend where they are a gradient flow (:meth:`Terms.gradient_weights`: USA heads
+    with ``Q^T K`` symmetric and ``V = s Q^T K``, a perceptron ``W = U^T diag(w)``),
+    ``sum_h s_h w_h E_h + int Phi dmu``; ``None`` (an empty column: undefined, not a
+    number) otherwise. An overflow gives ``inf``, which the run-health check reports."""
+    single = model if isinstance(model, AttentionModel) else as_velocity_model(model).single_head
     with np.errstate(over="ignore", invalid="ignore"):
         try:
-            return energy(model, points, weights, shifted=True if model.shift else None)
+            if single is not None:
+                return energy(single, points, weights, shifted=True if single.shift else None)
+            terms = as_velocity_model(model).terms_at(t)
+            form = terms.gradient_weights()
+            if form is None:
+                return None
+            scales, _ = form
+            total = math.fsum(_head_energy(h.attention, s, points, weights) for h, s in zip(terms.heads, scales) if s)
+            if terms.perceptron is not None:
+                total += terms.perceptron.energy(points, weights)
+            return float(total)
         except (OverflowError, FloatingPointError):
             return float("inf")
 
 
-def compute(mesh, model: AttentionModel, rho: np.ndarray, velocity: np.ndarray, t: float, steps: int,
+def _head_energy(head: AttentionModel, scale: float, points, weights) -> float:
+    """``scale E_h``: the head's energy (``beta = 0``: ``<m, V m> / 2``, ``m = sum_i w_i x_i``,
+    whose gradient is the field ``P_x V m``)."""
+    if head.beta == 0.0:
+        m = np.asarray(weights, dtype=float) @ np.asarray(points, dtype=float)
+        return 0.5 * scale * float(m @ head.V @ m)
+    return scale * energy(head, points, weights)
+
+
+def compute(mesh, model, rho: np.ndarray, velocity: np.ndarray, t: float, steps: int,
             criterion: ClusterCriterion = ClusterCriterion(), clusters=None) -> dict:
     """One row of ``diagnostics.csv`` for the state ``rho`` at time ``t`` (``clusters``: the
     result of :func:`find_clusters` if already computed)."""
@@ -242,7 +270,7 @@ def compute(mesh, model: AttentionModel, rho: np.ndarray, velocity: np.ndarray, 
         "mass": float(m.sum()),
         "min_density": float(rho.min()),
         "max_density": float(rho.max()),
-        "energy": run_energy(model, mesh.centers, m),
+        "energy": run_energy(model, mesh.centers, m, t),
         "order_parameter": float(np.linalg.norm(m @ mesh.centers)),
         "n_clusters": int(masses.size),
         "max_speed": max_speed(velocity),

@@ -145,7 +145,7 @@ class Distributor:
 
 
 def split_evaluate(field, dist: Distributor, targets, sources, weights, part, local_sources=None,
-                   project: bool = True):
+                   project: bool = True, t: float = 0.0):
     """The field of the whole measure ``(sources, weights)`` at ``targets`` (this rank's
     targets). A backend with coefficients (spectral) sums only the sources ``part`` (this
     rank's share; ``local_sources`` is ``sources[part]`` where the caller keeps it) and the
@@ -154,17 +154,30 @@ def split_evaluate(field, dist: Distributor, targets, sources, weights, part, lo
     tangential projection (passed on only then, so backends without the keyword still
     work for the field itself). ``targets`` and ``local_sources`` may be the field's plans
     (:mod:`meanfield.fields.plans`; the finite-volume operator makes them once for its
-    rank's points), or arrays. An exception ends the whole job."""
-    kw = {} if project else {"project": False}
+    rank's points), or arrays. A :class:`~meanfield.dynamics.velocity.Velocity` (several
+    terms, time ``t``) is split head by head, each head as one backend. An exception ends
+    the whole job."""
     try:
-        if hasattr(field, "coefficients"):
-            own = np.asarray(as_points(sources))[part] if local_sources is None else local_sources
-            coeffs = dist.allreduce_sum(field.coefficients(own, np.asarray(weights)[part]))
-            return field.evaluate(targets, coeffs, sources, weights, **kw)
-        return field(targets, sources, weights, **kw)
+        if getattr(field, "time_aware", False):
+            def evaluate(backend, tp, sp, lp):
+                return _split_backend(backend, dist, tp, sp, weights, part, lp, project)
+
+            return field(targets, sources, weights, project=project, t=t, local_sources=local_sources,
+                         evaluate=evaluate)
+        return _split_backend(field, dist, targets, sources, weights, part, local_sources, project)
     except Exception as exc:  # noqa: BLE001 -- end every rank, not just this one
         dist.abort(f"meanfield: run failed on rank {dist.rank}: {type(exc).__name__}: {exc}")
         raise
+
+
+def _split_backend(field, dist, targets, sources, weights, part, local_sources, project):
+    """One backend's field at this rank's ``targets`` (see :func:`split_evaluate`)."""
+    kw = {} if project else {"project": False}
+    if hasattr(field, "coefficients"):
+        own = np.asarray(as_points(sources))[part] if local_sources is None else local_sources
+        coeffs = dist.allreduce_sum(field.coefficients(own, np.asarray(weights)[part]))
+        return field.evaluate(targets, coeffs, as_points(sources), weights, **kw)
+    return field(targets, as_points(sources), weights, **kw)
 
 
 class Partition:
@@ -195,10 +208,10 @@ class Partition:
         out[self._placement] = rows
         return out
 
-    def field(self, field, targets, sources, weights, local_sources=None):
-        """The field of the whole cell measure at this rank's targets (see :func:`split_evaluate`;
-        ``local_sources`` are the owned cells' centres)."""
-        return split_evaluate(field, self.dist, targets, sources, weights, self.cells, local_sources)
+    def field(self, field, targets, sources, weights, local_sources=None, t: float = 0.0):
+        """The field of the whole cell measure at this rank's targets at time ``t`` (see
+        :func:`split_evaluate`; ``local_sources`` are the owned cells' centres)."""
+        return split_evaluate(field, self.dist, targets, sources, weights, self.cells, local_sources, t=t)
 
     def min(self, value: float) -> float:
         return float(self.dist.allreduce_min([value])[0])
@@ -218,14 +231,19 @@ class DistributedField:
         self.model = field.model
         self.dist = dist
         self.name = f"{field.name} on {dist.size} MPI ranks"
+        #: a split :class:`~meanfield.dynamics.velocity.Velocity` takes the time ``t`` like it
+        self.time_aware = bool(getattr(field, "time_aware", False))
+        if self.time_aware:
+            self.velocity = field.velocity
 
     def plan(self, points) -> "DistributedPlan":
         """A plan of ``points`` for this split: the inner backend's plan of this rank's share."""
         points = np.asarray(as_points(points), dtype=float)
         return DistributedPlan(self, points, make_plan(self.field, points[self.dist.share(len(points))]))
 
-    def __call__(self, targets, sources, weights, project: bool = True):
-        """The field at ``targets``; ``project=False``: the attention average before ``P_x``.
+    def __call__(self, targets, sources, weights, project: bool = True, t: float = 0.0):
+        """The field at ``targets`` (at time ``t``: a split velocity); ``project=False``: the
+        attention average before ``P_x``.
         ``targets``: a plan (:meth:`plan`) or an array. The same array for the targets and the
         sources (the particles' ``field(x, x, w)``): this rank's share is prepared once for
         both its targets and the sources it sums."""
@@ -242,7 +260,7 @@ class DistributedField:
             if sources is targets:  # one plan of this rank's points for both roles
                 local_targets = own = make_plan(self.field, local_targets)
         local = split_evaluate(self.field, self.dist, local_targets, as_points(sources), weights, part, own,
-                               project=project)
+                               project=project, t=t)
         return self.dist.allgather_rows(local, n)
 
 

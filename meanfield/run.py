@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import diagnostics as diag
+from .dynamics.model import Head, RandomHeads, Terms, VelocityModel, describe_model
 from .fields.attention import USA_LOGIT_LIMIT, AttentionModel, FieldOverflowError
 from .io.case import CaseError, dump_case
 from .initial import InitialDataError, density_function, project
@@ -105,20 +106,59 @@ def build_mesh(case: dict, source="<case>") -> Mesh:
         raise CaseError(source, "domain.mesh", str(exc)) from None
 
 
-def build_model(case: dict, d: int, source="<case>") -> AttentionModel:
-    """The attention model of a case; USA that must overflow is invalid input (shifted USA,
-    ``model.shift = true``, never overflows)."""
-    m = case["model"]
-    model = AttentionModel(d=d, beta=m["beta"], Q=m["Q"], K=m["K"], V=m["V"], normalized=m["kind"] == "SA",
-                           shift=m.get("shift", False))
-    if not model.normalized and not model.shift:
+def _head_model(h: dict, d: int, key: str, source, check: bool = True) -> AttentionModel:
+    """One head's :class:`AttentionModel` from its resolved table (``h["kind"]``, ``beta``,
+    ``Q``, ``K``, ``V``, ``shift``); USA that must overflow is invalid input naming ``key``."""
+    model = AttentionModel(d=d, beta=h["beta"], Q=h["Q"], K=h["K"], V=h["V"], normalized=h["kind"] == "SA",
+                           shift=h.get("shift", False))
+    if check and not model.normalized and not model.shift:
         top = float(np.linalg.norm(model.interaction, 2))
         if top > USA_LOGIT_LIMIT:
-            raise CaseError(source, "model.beta", f"USA attention overflows double precision when beta ||Q^T K||_2 > "
+            raise CaseError(source, key, f"USA attention overflows double precision when beta ||Q^T K||_2 > "
                             f"{USA_LOGIT_LIMIT:.1f} (here {top:.4g}); use model.shift = true (the shifted kernel "
                             f"exp(beta (<Qx, Ky> - ||Q^T K||_2)), a rescaling of time), model.kind = \"SA\" "
                             f"or a smaller beta")
     return model
+
+
+def _terms(heads: list, perceptron: dict | None, d: int, key: str, source, check: bool = True) -> Terms:
+    out = []
+    for h in heads:
+        out.append(Head(_head_model(h, d, key, source, check), h.get("weight", 1.0)))
+    p = None
+    if perceptron is not None:
+        from .dynamics.perceptron import Perceptron
+
+        try:
+            p = Perceptron(W=perceptron["W"], U=perceptron["U"], b=perceptron["b"], activation=perceptron["activation"])
+        except ValueError as exc:
+            raise CaseError(source, "model.schedule" if key == "model.schedule" else "model.perceptron", str(exc)) from None
+    return Terms(d, tuple(out), p)
+
+
+def build_model(case: dict, d: int, source="<case>", check: bool = True) -> VelocityModel:
+    """The velocity model of a case (:mod:`meanfield.dynamics`): the one head of ``[model]``
+    (``kind, beta, Q, K, V``) or ``model.heads``, plus ``model.perceptron``, changed by
+    ``model.schedule``, or ``model.random_heads``. USA that must overflow is invalid input
+    (shifted USA, ``model.shift = true``, never overflows); ``check=False`` skips that check
+    (the cost estimate, which runs before the checks that name their source)."""
+    m = case["model"]
+    perceptron = m.get("perceptron")
+    if m.get("random_heads") is not None:
+        r = m["random_heads"]
+        p = _terms([], perceptron, d, "model.perceptron", source).perceptron
+        rh = RandomHeads(d=d, count=r["count"], interval=r["interval"], seed=r["seed"], normalized=r["kind"] == "SA",
+                         beta=r["beta"], Q_std=r["Q_std"], K_std=r["K_std"], V_std=r["V_std"], shift=m["shift"],
+                         perceptron=p)
+        return VelocityModel(d, random_heads=rh)
+    heads = m.get("heads")
+    if heads is None:  # the one head of the one-head keys
+        base = _terms([m], perceptron, d, "model.beta", source, check)
+    else:
+        base = _terms(heads, perceptron, d, "model.heads", source, check)
+    schedule = [(e["t"], _terms(e["heads"], e.get("perceptron"), d, "model.schedule", source, check))
+                for e in m.get("schedule", [])]
+    return VelocityModel(d, base, schedule)
 
 
 def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation, State]:
@@ -131,8 +171,12 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
 
         if mesh.manifold != "circle":
             raise CaseError(source, "solver.scheme", "\"spectral\" exists on the circle only; use \"muscl\"")
+        if model.single_head is None:
+            raise CaseError(source, "solver.scheme", "\"spectral\" (the pseudo-spectral scheme) solves one fixed "
+                            "attention head; for several heads, a perceptron or parameters that change in time use "
+                            "\"muscl\"")
         try:
-            sim = SpectralCircleSimulation(mesh, model, dt_max=s["dt_max"])
+            sim = SpectralCircleSimulation(mesh, model.single_head, dt_max=s["dt_max"])
         except ValueError as exc:
             raise CaseError(source, "solver.scheme", str(exc)) from None
         # the spectral state holds point values at the grid points, not cell averages
@@ -180,7 +224,7 @@ def _snapshot_arrays(sim: Simulation, state: State) -> dict:
         "masses": state.rho * mesh.areas,
         "areas": mesh.areas,
         "density": state.rho,
-        "velocity": sim.velocity(state.rho),
+        "velocity": sim.velocity(state.rho, state.t),
     }
 
 
@@ -212,7 +256,7 @@ class PdeRun:
     def describe(self) -> str:
         sim = self.sim
         scheme = f"scheme {sim.fv.scheme}, backend {sim.fv.field.name}" if hasattr(sim, "fv") else "Fourier pseudo-spectral"
-        return f"{self.mesh.manifold}, {self.mesh.n_cells} cells; {sim.model.kind} beta={sim.model.beta:g}; {scheme}"
+        return f"{self.mesh.manifold}, {self.mesh.n_cells} cells; {describe_model(sim.model)}; {scheme}"
 
     def advance(self, t_out, on_step):
         self.sim.advance(self.state, t_out, on_step)

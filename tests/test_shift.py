@@ -255,8 +255,8 @@ def _case(shift, beta=1000.0):
 
 
 def test_build_model_passes_the_shift_and_accepts_large_beta():
-    model = build_model(_case(True), 2)
+    model = build_model(_case(True), 2).single_head
     assert model.shift and model.logit_offset == pytest.approx(1000.0)
     with pytest.raises(CaseError, match="model.shift = true"):
         build_model(_case(False), 2)
-    assert not build_model(_case(False, 9.0), 2).shift
+    assert not build_model(_case(False, 9.0), 2).single_head.shift

@@ -208,6 +208,139 @@ def seed_list(v, d=None):
     return integer(1, 10**4)(v)
 
 
+def _table(v, allowed: dict, what: str) -> dict:
+    """A table whose fields are checked by ``allowed`` (``{field: check}``); unknown fields
+    are errors naming the allowed ones."""
+    if not isinstance(v, dict):
+        raise ValueError(f"must be a table ({what}), got {_type_name(v)} {show_value(v)}")
+    extra = sorted(set(v) - set(allowed))
+    if extra:
+        raise ValueError(f"unknown field {extra[0]!r} (allowed: {', '.join(allowed)})")
+    out = {}
+    for name, check in allowed.items():
+        if name in v:
+            try:
+                out[name] = check(v[name])
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+    return out
+
+
+def _rect(v, rows: int | None, cols: int | None, name: str) -> list:
+    """A rectangular array of finite numbers with the given shape (``None``: any)."""
+    if not (isinstance(v, list) and v and all(isinstance(r, list) for r in v) and len({len(r) for r in v}) == 1):
+        raise ValueError(f"must be a rectangular 2-d array of numbers, got {_type_name(v)} {show_value(v)}")
+    shape = (len(v), len(v[0]))
+    if (rows is not None and shape[0] != rows) or (cols is not None and shape[1] != cols) or shape[1] == 0:
+        want = f"{rows if rows is not None else 'm'} x {cols if cols is not None else 'm'}"
+        raise ValueError(f"must be a {want} array ({name}), got shape {shape}")
+    out = []
+    for i, row in enumerate(v):
+        try:
+            out.append([_number(x) for x in row])
+        except ValueError as exc:
+            raise ValueError(f"row {i}: entries {exc}") from None
+    if not all(math.isfinite(x) for r in out for x in r):
+        raise ValueError("must have finite entries")
+    return out
+
+
+#: The activations of ``model.perceptron`` (:data:`meanfield.dynamics.perceptron.ACTIVATIONS`).
+ACTIVATION_NAMES = ("relu", "gelu", "tanh", "sigmoid", "identity")
+
+
+def _head_fields(d: int) -> dict:
+    return {"kind": choice("SA", "USA"), "beta": real(0.0), "Q": lambda v: matrix(v, d), "K": lambda v: matrix(v, d),
+            "V": lambda v: matrix(v, d), "weight": real(), "shift": boolean}
+
+
+def _one_head(v, d) -> dict:
+    got = _table(v, _head_fields(d), "{kind, beta, Q, K, V, weight, shift}")
+    eye = np.eye(d).tolist()
+    return {"kind": got.get("kind", "SA"), "beta": got.get("beta", 1.0), "Q": got.get("Q", eye),
+            "K": got.get("K", eye), "V": got.get("V", eye), "weight": got.get("weight", 1.0),
+            **({"shift": got["shift"]} if "shift" in got else {})}
+
+
+def heads(v, d) -> list:
+    """``model.heads``: an array of tables ``{kind, beta, Q, K, V, weight, shift}`` (defaults
+    ``"SA"``, 1, identity, weight 1, shift = ``model.shift``)."""
+    if not isinstance(v, list) or not all(isinstance(h, dict) for h in v):
+        raise ValueError("must be an array of tables, e.g. [{kind = \"SA\", beta = 9}, {beta = 1, weight = -0.5}]")
+    out = []
+    for i, h in enumerate(v):
+        try:
+            out.append(_one_head(h, d))
+        except ValueError as exc:
+            raise ValueError(f"head {i}: {exc}") from None
+    return out
+
+
+def perceptron(v, d) -> dict:
+    """``model.perceptron``: ``{W (d x m), U (m x d), b (m), activation}``."""
+    if not isinstance(v, dict):
+        raise ValueError(f"must be a table {{W, U, b, activation}}, got {_type_name(v)} {show_value(v)}")
+    got = _table(v, {"W": lambda x: x, "U": lambda x: x, "b": lambda x: x, "activation": choice(*ACTIVATION_NAMES)},
+                 "{W, U, b, activation}")
+    for name in ("W", "U"):
+        if name not in got:
+            raise ValueError(f"missing field {name!r} (W is d x m, U is m x d)")
+    try:
+        W = _rect(got["W"], d, None, f"d x m with d = {d}")
+    except ValueError as exc:
+        raise ValueError(f"W: {exc}") from None
+    m = len(W[0])
+    try:
+        U = _rect(got["U"], m, d, f"m x d: W is {d} x {m}, so U must be {m} x {d}")
+    except ValueError as exc:
+        raise ValueError(f"U: {exc}") from None
+    b = got.get("b", [0.0] * m)
+    try:
+        b = reals(-math.inf)(b)
+    except ValueError as exc:
+        raise ValueError(f"b: {exc}") from None
+    if len(b) != m:
+        raise ValueError(f"b: must have m = {m} entries (W is {d} x {m}), got {len(b)}")
+    return {"W": W, "U": U, "b": b, "activation": got.get("activation", "relu")}
+
+
+def schedule(v, d) -> list:
+    """``model.schedule``: an array of tables ``{t, heads, perceptron}``, increasing ``t``."""
+    if not isinstance(v, list) or not all(isinstance(e, dict) for e in v):
+        raise ValueError("must be an array of tables {t, heads, perceptron}")
+    out, last = [], -math.inf
+    for i, e in enumerate(v):
+        try:
+            got = _table(e, {"t": real(0.0), "heads": lambda x: heads(x, d), "perceptron": lambda x: perceptron(x, d)},
+                         "{t, heads, perceptron}")
+            if "t" not in got:
+                raise ValueError("missing field 't' (the time from which these terms act)")
+            if not got["t"] > last:
+                raise ValueError(f"t = {got['t']:g} must be larger than the previous entry's t = {last:g} "
+                                 "(the times must increase)")
+        except ValueError as exc:
+            raise ValueError(f"entry {i}: {exc}") from None
+        last = got["t"]
+        out.append({"t": got["t"], "heads": got.get("heads", []), **({"perceptron": got["perceptron"]}
+                                                                     if "perceptron" in got else {})})
+    return out
+
+
+def random_heads(v, d) -> dict:
+    """``model.random_heads``: ``{count, interval, seed, kind, beta, Q_std, K_std, V_std}``."""
+    fields = {"count": integer(1, 4096), "interval": real(0.0, lo_open=True), "seed": integer(0),
+              "kind": choice("SA", "USA"), "beta": real(0.0), "Q_std": real(0.0), "K_std": real(0.0),
+              "V_std": real(0.0)}
+    got = _table(v, fields, "{count, interval, seed, kind, beta, Q_std, K_std, V_std}")
+    for name in ("count", "interval"):
+        if name not in got:
+            raise ValueError(f"missing field {name!r}")
+    std = 1.0 / math.sqrt(d)
+    return {"count": got["count"], "interval": got["interval"], "seed": got.get("seed", 0),
+            "kind": got.get("kind", "SA"), "beta": got.get("beta", 1.0), "Q_std": got.get("Q_std", std),
+            "K_std": got.get("K_std", std), "V_std": got.get("V_std", std)}
+
+
 @dataclass(frozen=True)
 class Key:
     check: Callable
@@ -231,7 +364,22 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "V": Key(matrix, None, "value matrix, d x d (default identity)."),
         "shift": Key(boolean, False, "USA: use the shifted kernel `exp(beta (<Qx, Ky> - c))`, c = ||Q^T K||_2 (a "
                      "constant rescaling of time by `exp(-beta c)`, the convention of the metastability paper's code); "
-                     "makes large beta computable. No effect on SA."),
+                     "makes large beta computable. No effect on SA. The default of every head's `shift`."),
+        "heads": Key(heads, None, "several attention heads, `[{kind, beta, Q, K, V, weight, shift}, ...]` (defaults "
+                     "`\"SA\"`, 1, identity, weight 1, `model.shift`); the field is `sum_h weight_h X_h`, a negative "
+                     "weight repels. Replaces the one-head keys `kind, beta, Q, K, V` (giving both is an error); "
+                     "`heads = []`: no attention (e.g. a perceptron alone). Not given: the one head of the one-head keys."),
+        "perceptron": Key(perceptron, None, "a perceptron term `P_x(W sigma(U x + b))`: `{W (d x m), U (m x d), b (m, "
+                          "default 0), activation}` with activation `\"relu\"` (default), `\"gelu\"`, `\"tanh\"`, "
+                          "`\"sigmoid\"` or `\"identity\"`; added to the attention field."),
+        "schedule": Key(schedule, [], "piecewise constant parameters: `[{t, heads, perceptron}, ...]` with increasing "
+                        "`t` <= `solver.t_end`; from each `t` on (to the next entry) the entry's heads and perceptron "
+                        "(none where left out) replace the model's terms. Steps land exactly on the switch times."),
+        "random_heads": Key(random_heads, None, "heads drawn at random every layer (the homogenized Transformer): "
+                            "`{count, interval, seed (0), kind (\"SA\"), beta (1), Q_std, K_std, V_std (1/sqrt(d))}`; "
+                            "`count` heads with iid N(0, std^2) entries of Q, K, V, redrawn for every interval "
+                            "`[k interval, (k+1) interval)` from the seed and k, the field their mean; replaces the "
+                            "heads (one-head keys, `heads`, `schedule`); a `perceptron` is added."),
     },
     "initial": {
         "kind": Key(choice("uniform", "modes", "vmf", "python", "points"), "uniform", "initial density kind."),
@@ -395,7 +543,7 @@ def _resolve(raw: dict, source, base_dir) -> dict:
         for key, spec in keys.items():
             given = raw.get(section, {})
             value = given.get(key, spec.default)
-            if value is None and spec.check is not matrix:
+            if value is None and (spec.check is not matrix or key in given):
                 case[section][key] = None
                 continue
             try:
@@ -408,9 +556,40 @@ def _resolve(raw: dict, source, base_dir) -> dict:
     if n_snapshots > MAX_SNAPSHOTS:
         raise CaseError(source, "output.every", f"gives about {n_snapshots:.3g} snapshots up to solver.t_end = "
                         f"{case['solver']['t_end']:g} (at most {MAX_SNAPSHOTS}); take a larger value")
+    _check_model(case, raw.get("model", {}), source)
     _check_initial(case["initial"], d, source, Path(base_dir))
     _check_mesh(case["domain"], source, Path(base_dir))
     return case
+
+
+#: The keys of ``[model]`` that describe its one head (``model.heads`` replaces them).
+ONE_HEAD_KEYS = ("kind", "beta", "Q", "K", "V")
+
+
+def _check_model(case: dict, given: dict, source) -> None:
+    """The model's keys together: ``heads`` or ``random_heads`` instead of the one-head keys,
+    schedule times within ``solver.t_end``; each head's ``shift`` defaults to ``model.shift``."""
+    m = case["model"]
+    given = {k: v for k, v in given.items() if v is not None}  # (a resolved case re-read: None is not given)
+    one_head = [k for k in ONE_HEAD_KEYS if k in given]
+    for key, what in (("heads", "model.heads"), ("random_heads", "model.random_heads")):
+        if key in given and one_head:
+            raise CaseError(source, f"model.{one_head[0]}", f"cannot be given together with {what}, which replaces "
+                            f"the one-head keys ({', '.join('model.' + k for k in ONE_HEAD_KEYS)}); put it in {what}")
+    if "random_heads" in given:
+        for key in ("heads", "schedule"):
+            if key in given:
+                raise CaseError(source, f"model.{key}", "cannot be given together with model.random_heads (the random "
+                                "heads are the model's attention; a model.perceptron may be added)")
+    if "heads" in given or "random_heads" in given:
+        for key in ONE_HEAD_KEYS:  # replaced: not part of the resolved case
+            m[key] = None
+    for h in (m["heads"] or []) + [h for e in m["schedule"] for h in e["heads"]]:
+        h.setdefault("shift", m["shift"])
+    t_end = case["solver"]["t_end"]
+    for i, e in enumerate(m["schedule"]):
+        if e["t"] > t_end:
+            raise CaseError(source, "model.schedule", f"entry {i}: t = {e['t']:g} is beyond solver.t_end = {t_end:g}")
 
 
 def _check_mesh(domain: dict, source, base_dir: Path) -> None:
@@ -515,7 +694,12 @@ def case_reference_markdown() -> str:
     lines = ["| key | default | meaning |", "|---|---|---|"]
     for section, keys in SCHEMA.items():
         for key, spec in keys.items():
-            default = "identity" if spec.check is matrix else ("t_end / 20" if spec.default is None else _toml_value(spec.default))
-            lines.append(f"| `{section}.{key}` | `{default}` | {spec.doc} |")
+            if spec.check is matrix:
+                default = "`identity`"
+            elif spec.default is None:
+                default = "`t_end / 20`" if (section, key) == ("output", "every") else "not set"
+            else:
+                default = f"`{_toml_value(spec.default)}`"
+            lines.append(f"| `{section}.{key}` | {default} | {spec.doc} |")
     return "\n".join(lines)
 

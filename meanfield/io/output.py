@@ -218,9 +218,12 @@ def read_saved(path: Path) -> bytes:
 
 def _parse_cell(text):
     """A ``diagnostics.csv`` value: int where written as one (``str(int)``), else float
-    (written as ``repr(float)``, which ``float`` reads back bitwise)."""
+    (written as ``repr(float)``, which ``float`` reads back bitwise); an empty cell is
+    ``None`` (a value that is undefined, e.g. the energy of a model that is no gradient flow)."""
     if text is None:
         raise ValueError("missing value")
+    if text == "":
+        return None
     try:
         return int(text)
     except ValueError:

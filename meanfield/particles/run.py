@@ -32,10 +32,11 @@ from .distances import bin_particles, distance
 from ..initial import InitialDataError
 from ..io.output import atomic_write
 from .system import ParticleState, ParticleSystem
+from ..dynamics.model import describe_model
 from ..pde.timestepping import RunHealthError
 from ..run import agreed, preflight, build_mesh, build_model, drive, restart_paths, run_case
 from .sampling import sample
-from ..pde.solver import make_field
+from ..pde.solver import make_velocity
 
 __all__ = ["ParticleRun", "build_particles", "run_particles", "run_compare", "fit_exponent"]
 
@@ -57,7 +58,7 @@ def build_particles(case: dict, n: int | None = None, seed: int | None = None, s
         key = {"python": "initial.function", "points": "initial.points"}.get(case["initial"]["kind"], "initial.kind")
         raise CaseError(source, key, str(exc)) from None
     try:
-        field = make_field(model, s["backend"], s["tolerance"], n_targets=len(x), n_sources=len(x), dist=dist)
+        field = make_velocity(model, s["backend"], s["tolerance"], n_targets=len(x), n_sources=len(x), dist=dist)
     except ValueError as exc:
         raise CaseError(source, "solver.backend", str(exc)) from None
     try:
@@ -99,8 +100,7 @@ class ParticleRun:
         self.snapshots: list[tuple[float, np.ndarray, np.ndarray]] = []
 
     def describe(self) -> str:
-        m = self.system.model
-        return (f"{self.state.n} particles on {self.mesh.manifold}; {m.kind} beta={m.beta:g}; "
+        return (f"{self.state.n} particles on {self.mesh.manifold}; {describe_model(self.system.model)}; "
                 f"{self.system.describe()}, backend {self.system.field.name}")
 
     def advance(self, t_out, on_step):
@@ -118,7 +118,7 @@ class ParticleRun:
             "mass": math.fsum(st.weights),
             "min_density": float(hist.min()),
             "max_density": float(hist.max()),
-            "energy": diag.run_energy(self.system.model, st.x, st.weights),
+            "energy": diag.run_energy(self.system.model, st.x, st.weights, st.t),
             "order_parameter": float(np.linalg.norm(st.weights @ st.x)),
             "n_clusters": int(len(clusters[0])),
             "max_speed": diag.max_speed(v),

@@ -98,7 +98,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..fields.attention import AttentionField, AttentionModel
+from ..dynamics.velocity import Velocity
+from ..fields.attention import AttentionField
 from ..pde.health import StepBudget
 from ..pde.timestepping import NonFiniteStateError, StalledRunError, Stepper
 
@@ -286,11 +287,6 @@ class ParticleState:
         return self.x.shape[1]
 
 
-def _interaction_length(model: AttentionModel) -> float:
-    a = float(np.linalg.norm(model.interaction, 2))
-    return 1.0 if a <= 1.0 else 1.0 / math.sqrt(a)
-
-
 def max_row_norm(v: np.ndarray) -> float:
     """``max_i |v_i|`` without squaring (no overflow for entries up to the largest double;
     ``inf`` for an infinite entry, ``nan`` for a nan)."""
@@ -301,7 +297,13 @@ def max_row_norm(v: np.ndarray) -> float:
 
 
 def _takes_project(field) -> bool:
-    """Whether ``field(x, y, w, project=False)`` is accepted (a wrapper's inner field too)."""
+    """Whether ``field(x, y, w, project=False)`` is accepted (a wrapper's inner field too; a
+    velocity's head backends, all of them)."""
+    velocity = getattr(field, "velocity", None)
+    if isinstance(velocity, Velocity):
+        if velocity.model.random_heads is not None:
+            return True  # the package's backends (make_field) all take it
+        return all(_takes_project(b) for b in velocity.fixed_backends())
     seen = 0
     while field is not None and seen < 8:
         try:
@@ -376,8 +378,10 @@ class ParticleSystem(Stepper):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if max_steps is not None and not (int(max_steps) == max_steps and max_steps >= 1):
             raise ValueError(f"max_steps must be an integer >= 1 or None, got {max_steps!r}")
-        self.field = field
-        self.model: AttentionModel = field.model
+        # the velocity X[mu](t, .): a Velocity (or its MPI split), or one backend taken as one head
+        self.field = field if getattr(field, "time_aware", False) else Velocity.from_backend(field)
+        self.velocity_field = self.field.velocity  # the time scales and switch times
+        self.model = field.model
         self.integrator = INTEGRATORS[integrator]
         if self.integrator.adaptive and dt != "auto":
             raise ParticleSettingError(
@@ -400,14 +404,12 @@ class ParticleSystem(Stepper):
         self.max_steps = None if max_steps is None else int(max_steps)
         self.t_end = None if t_end is None else float(t_end)
         self._budget = None  # the progress guarantee of meanfield.run.drive, for runs driven from Python
-        a = float(np.linalg.norm(self.model.interaction, 2))
-        # Modes up to ~4 sqrt(2 beta) cover the fastest-growing one (k ~ sqrt(2 beta)).
-        self.rate = self.model.rate_bound(max_mode=max(64, int(4.0 * math.sqrt(2.0 * a)) + 1))
-        self.length = _interaction_length(self.model)
+        self._t = 0.0  # the start of the current step: the terms acting during it
+        self.rate, self.length = self.time_scales(0.0)
         #: steps rejected by the error control (retried with a smaller step)
         self.rejected = 0
         self._h_next = None  # the controller's next trial step (None: from the automatic rule)
-        self._fsal = None  # (x, weights, v, a) of the last accepted step's end point
+        self._fsal = None  # (x, weights, v, a, segment) of the last accepted step's end point
 
     def describe(self) -> str:
         """The integrator and its step settings, in words."""
@@ -419,16 +421,25 @@ class ParticleSystem(Stepper):
             return f"{name}, automatic step"
         return f"{name}, dt={self.dt:g}"
 
+    def time_scales(self, t: float) -> tuple[float, float]:
+        """``(rate, length)`` of the terms acting at ``t``: the rate bound over the modes up to
+        ``~4 sqrt(2 a)`` (they cover the fastest-growing one, ``k ~ sqrt(2 beta)``; ``a`` the
+        largest ``||beta Q^T K||``) and the length scale of the automatic CFL rule."""
+        velocity = self.velocity_field
+        a = velocity.interaction_norm(t)
+        rate = velocity.rate_bound(t, max_mode=max(64, int(4.0 * math.sqrt(2.0 * a)) + 1))
+        return rate, velocity.layer(t).terms.length_scale()
+
     def velocity(self, state: ParticleState) -> np.ndarray:
-        """The field X[mu_n] at the particles, ``(n, d)``."""
-        return self.field(state.x, state.x, state.weights)
+        """The field X[mu_n](t) at the particles, ``(n, d)``."""
+        return self.field(state.x, state.x, state.weights, t=state.t)
 
     def _evaluate(self, x: np.ndarray, w: np.ndarray, average: bool):
         """``(v, a)``: the field at ``x`` and, when ``average`` and the backend can, the
         attention average before ``P_x`` (else ``None``)."""
         if average and self.takes_project:
             try:
-                a = self.field(x, x, w, project=False)
+                a = self.field(x, x, w, project=False, t=self._t)
             except TypeError as exc:
                 if "project" not in str(exc):
                     raise
@@ -436,7 +447,7 @@ class ParticleSystem(Stepper):
                                            "use \"direct\"") from None
             v = a - np.einsum("ij,ij->i", a, x)[:, None] * x
             return v, a
-        return self.field(x, x, w), None
+        return self.field(x, x, w, t=self._t), None
 
     def local_rate(self, a: np.ndarray) -> float:
         """The rate of the state ``max_i |a_i|``, ``a`` the attention average before ``P_x``.
@@ -479,6 +490,8 @@ class ParticleSystem(Stepper):
         the first trial step, which the error control then adapts)."""
         if self.dt != "auto":
             return (self.dt, "dt") if self.dt <= self.dt_max else (self.dt_max, "dt_max")
+        self._t = state.t
+        self.rate, self.length = self.time_scales(state.t)
         v, a = self._evaluate(state.x, state.weights, True)
         dt, what = self._auto_rule(v, a)
         return (dt, what) if dt <= self.dt_max else (self.dt_max, "dt_max")
@@ -508,6 +521,9 @@ class ParticleSystem(Stepper):
         w = state.weights
         if state.x.shape[1] != self.model.d:
             raise ValueError(f"particles live in R^{state.x.shape[1]} but the model is for d = {self.model.d}")
+        t_limit = min(t_limit, self.velocity_field.next_switch(state.t))
+        self._t = state.t
+        self.rate, self.length = self.time_scales(state.t)
         integ = self.integrator
         average = integ.unprojected or self.dt == "auto" or integ.adaptive
         last = {}
@@ -518,13 +534,16 @@ class ParticleSystem(Stepper):
             return v
 
         fsal = self._fsal
-        if fsal is not None and fsal[0] is state.x and fsal[1] is w:
+        # (the end point's field is the next step's first stage only with the same terms: not
+        # after a switch time of the model)
+        segment = self.velocity_field.model.segment(state.t)
+        if fsal is not None and fsal[0] is state.x and fsal[1] is w and fsal[4] == segment:
             v0, a0 = fsal[2], fsal[3]
         else:
             v0, a0 = self._evaluate(state.x, w, average)
         self._fsal = None
         if integ.adaptive:
-            return self._adaptive_step(state, t_limit, rhs, last, v0, a0)
+            return self._adaptive_step(state, t_limit, rhs, last, v0, a0, segment)
         dt = self.auto_dt(v0, a0) if self.dt == "auto" else self.dt
         dt = min(dt, self.dt_max)
         dt = self.clip_step(state.t, dt, t_limit)
@@ -545,7 +564,7 @@ class ParticleSystem(Stepper):
             scale = self.atol + self.rtol * np.maximum(np.abs(x), np.abs(x_new))
             return float(np.sqrt(np.mean(np.square(err / scale))))
 
-    def _adaptive_step(self, state, t_limit, rhs, last, v0, a0) -> float:
+    def _adaptive_step(self, state, t_limit, rhs, last, v0, a0, segment) -> float:
         integ = self.integrator
         exponent = -1.0 / (integ.error_order + 1)
         h_trial = self._h_next if self._h_next is not None else self.auto_dt(v0, a0)
@@ -583,7 +602,7 @@ class ParticleSystem(Stepper):
         landed = h == t_limit - state.t
         state.x = x_new
         self._finish(state, h, t_limit)
-        self._fsal = (x_new, state.weights, v_new, a_new)
+        self._fsal = (x_new, state.weights, v_new, a_new, segment)
         # Every output time starts the controller afresh from the automatic rule, so that a
         # run restarted from a snapshot takes the same steps as the uninterrupted run.
         self._h_next = None if landed else h_next

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..fields.attention import AttentionField
+from ..dynamics.velocity import as_velocity
 from ..fields.plans import make_plan
 from ..geometry.mesh import Mesh
 
@@ -97,10 +97,12 @@ class FiniteVolume:
     Parameters
     ----------
     mesh : Mesh
-    field : AttentionField
-        Backend evaluating X[mu] (``field(targets, sources, weights)``). Where it makes plans
-        (``field.plan(points)``, :mod:`meanfield.fields.plans`) the operator makes them once,
-        for the edge points and the cell centres, and passes them at every stage.
+    field : Velocity or AttentionField
+        The velocity X[mu](t, .) (:class:`~meanfield.dynamics.velocity.Velocity`), or one
+        backend (``field(targets, sources, weights)``), taken as one head of weight 1. The
+        operator makes the velocity's plans once, for the edge points and the cell centres
+        (each head's backend prepares its own in them, :mod:`meanfield.fields.plans`), and
+        passes them at every stage.
     scheme : str
         Key of :data:`SCHEMES`.
     partition : meanfield.parallel.Partition, optional
@@ -112,11 +114,16 @@ class FiniteVolume:
         and holds every neighbour value the update needs).
     """
 
-    def __init__(self, mesh: Mesh, field: AttentionField, scheme: str = "muscl", partition=None):
+    def __init__(self, mesh: Mesh, field, scheme: str = "muscl", partition=None):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; choose one of {sorted(SCHEMES)}")
         self.mesh = mesh
+        if getattr(field, "time_aware", False) or hasattr(field, "model"):
+            field = as_velocity(field)
+        #: the velocity (a bare callable without ``model``, e.g. a test's rigid rotation, is
+        #: called as it is, without a time)
         self.field = field
+        self._timed = getattr(field, "time_aware", False)
         self.scheme = scheme
         self.partition = partition
         self._faces = SCHEMES[scheme]
@@ -170,34 +177,37 @@ class FiniteVolume:
         self._right_cell = side[mesh.edge_cells[edges, 1]]
         self._cell_edges = local_edge[mesh.cell_edges[owned]]
 
+    def _at(self, t: float) -> dict:
+        return {"t": t} if self._timed else {}
+
     def masses(self, rho: np.ndarray) -> np.ndarray:
         return rho * self.mesh.areas
 
-    def normal_velocity(self, rho: np.ndarray) -> np.ndarray:
-        """``X[mu] . n`` at the quadrature points of the (local) edges, shape ``(E, q)``."""
+    def normal_velocity(self, rho: np.ndarray, t: float = 0.0) -> np.ndarray:
+        """``X[mu](t) . n`` at the quadrature points of the (local) edges, shape ``(E, q)``."""
         mesh = self.mesh
         masses = self.masses(rho)
         if self.partition is None:
-            x = self.field(self._targets, self._centers, masses)
+            x = self.field(self._targets, self._centers, masses, **self._at(t))
         else:
-            x = self.partition.field(self.field, self._targets, mesh.centers, masses, self._owned_centers)
+            x = self.partition.field(self.field, self._targets, mesh.centers, masses, self._owned_centers, t=t)
         return np.einsum("eqd,eqd->eq", x.reshape(self._normals.shape), self._normals)
 
-    def velocity_at_centers(self, rho: np.ndarray) -> np.ndarray:
-        """The field X at the cell centres, ``(N, d)`` (for output; every rank gets all)."""
+    def velocity_at_centers(self, rho: np.ndarray, t: float = 0.0) -> np.ndarray:
+        """The field X(t) at the cell centres, ``(N, d)`` (for output; every rank gets all)."""
         mesh = self.mesh
         masses = self.masses(rho)
         if self.partition is None:
-            return self.field(self._centers, self._centers, masses)
-        local = self.partition.field(self.field, self._owned_centers, mesh.centers, masses, self._owned_centers)
+            return self.field(self._centers, self._centers, masses, **self._at(t))
+        local = self.partition.field(self.field, self._owned_centers, mesh.centers, masses, self._owned_centers, t=t)
         return self.partition.gather(local)
 
-    def rhs(self, rho: np.ndarray, un: np.ndarray | None = None):
-        """``(L(rho), un, dt_pos)``: the time derivative of the (owned) cell averages, the
-        edge normal velocities used, and the largest forward-Euler step keeping ``rho >= 0``
-        (over all ranks). ``rho`` is the whole density."""
+    def rhs(self, rho: np.ndarray, un: np.ndarray | None = None, t: float = 0.0):
+        """``(L(rho), un, dt_pos)``: the time derivative of the (owned) cell averages with the
+        terms acting at ``t``, the edge normal velocities used, and the largest forward-Euler
+        step keeping ``rho >= 0`` (over all ranks). ``rho`` is the whole density."""
         if un is None:
-            un = self.normal_velocity(rho)
+            un = self.normal_velocity(rho, t)
         values = self._faces(self, rho, self._stencil).reshape(-1, un.shape[1])
         up = np.maximum(un, 0.0)
         down = np.minimum(un, 0.0)

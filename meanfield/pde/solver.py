@@ -20,12 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..fields.attention import AttentionModel, DirectField
+from ..dynamics.model import as_velocity_model
+from ..dynamics.velocity import Velocity
+from ..fields.attention import AttentionModel
+from ..fields.backends import make_backend
 from .finite_volume import FiniteVolume
 from ..geometry.mesh import Mesh
 from .timestepping import SSPRK, SSPRK3, NonFiniteStateError, StepRejected, Stepper
 
-__all__ = ["State", "Simulation", "NonFiniteStateError", "make_field"]
+__all__ = ["State", "Simulation", "NonFiniteStateError", "make_field", "make_velocity"]
 
 log = logging.getLogger("meanfield")
 
@@ -54,7 +57,7 @@ def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 
     ``dist`` of more than one rank, the targets are split across the ranks (particles; the
     finite-volume solver splits its cells itself, :class:`~meanfield.parallel.Partition`).
     """
-    field = _make_field(model, backend, tolerance, n_targets, n_sources)
+    field = make_backend(model, backend, tolerance, n_targets, n_sources)
     if dist is not None and dist.size > 1:
         from ..parallel import DistributedField
 
@@ -62,105 +65,111 @@ def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 
     return field
 
 
-def _make_field(model, backend, tolerance, n_targets, n_sources):
-    if backend == "direct":
-        return DirectField(model)
-    if backend not in ("spectral", "auto"):
-        raise ValueError(f"unknown backend {backend!r} (choose 'direct', 'spectral' or 'auto')")
-    if model.d == 2:
-        from ..fields import spectral_circle as spectral
+def make_velocity(model, backend: str = "auto", tolerance: float = 1e-12, n_targets: int | None = None,
+                  n_sources: int | None = None, dist=None):
+    """The :class:`~meanfield.dynamics.velocity.Velocity` of ``model`` (a
+    :class:`~meanfield.dynamics.model.VelocityModel` or one :class:`AttentionModel`), each head's
+    backend from :func:`make_field` ``(head, backend, tolerance, n_targets, n_sources)``; with
+    a :class:`~meanfield.parallel.Distributor` of more than one rank the targets are split
+    across the ranks (:class:`~meanfield.parallel.DistributedField`, the particles)."""
+    def head_backend(head):
+        return make_field(head, backend, tolerance, n_targets=n_targets, n_sources=n_sources)
 
-        cost_of, build = spectral.spectral_cost, spectral.SpectralCircleField
-    elif model.d == 3:
-        # any Q, K, V: Funk--Hecke for isotropic models, else the separable expansion
-        # (spectral_sphere_general), refused (ValueError) when its matrix is too large
-        from ..fields import spectral_sphere_general as spectral
+    velocity = Velocity(as_velocity_model(model), head_backend)
+    if dist is not None and dist.size > 1:
+        from ..parallel import DistributedField
 
-        cost_of, build = spectral.spectral_sphere_cost, spectral.spectral_sphere_field
-    else:
-        if backend == "spectral":
-            raise ValueError("the spectral backend needs the circle or the sphere; use 'direct' or 'auto'")
-        return DirectField(model)
-    if backend == "auto":
-        if n_targets is None or n_sources is None:
-            return DirectField(model)
-        cost = cost_of(model, n_targets, n_sources, tolerance)
-        if not cost < 0.5 * n_targets * n_sources:
-            log.info("backend auto: direct (spectral estimated at %.3g pair evaluations, direct %.3g)", cost,
-                     float(n_targets) * n_sources)
-            return DirectField(model)
-    field = build(model, tolerance=tolerance)
-    log.info("backend %s: %r", backend, field)  # the truncation chosen for beta, Q, K, V and the tolerance
-    return field
+        return DistributedField(velocity, dist)
+    return velocity
 
 
 class Simulation(Stepper):
-    """Evolve a cell density on ``mesh`` under the attention model.
+    """Evolve a cell density on ``mesh`` under a velocity model.
 
     Parameters
     ----------
     mesh : Mesh
-    model : AttentionModel
+    model : VelocityModel or AttentionModel
+        The terms of the velocity (:mod:`meanfield.dynamics`); an :class:`AttentionModel` is
+        one head of weight 1.
     scheme : str
         Finite-volume scheme (``"upwind"`` or ``"muscl"``).
-    field : AttentionField, optional
-        Backend; default :func:`make_field` ``(model, backend)``.
+    field : Velocity or AttentionField, optional
+        The velocity (:class:`~meanfield.dynamics.velocity.Velocity`) or one backend; default:
+        a :class:`Velocity` of ``model`` with a :func:`make_field` ``(head, backend)`` per head.
     cfl, rate_cfl, dt_max : float
         Step bounds (see module docstring).
     backend, tolerance :
-        Field backend when ``field`` is not given (:func:`make_field`).
+        Field backend of each head when ``field`` is not given (:func:`make_field`).
     dist : meanfield.parallel.Distributor, optional
         With more than one rank the cells are split (:class:`~meanfield.parallel.Partition`):
         each rank updates its own; ``state.rho`` stays the whole density on every rank.
     integrator : SSPRK
         Time integrator (default SSP-RK3).
+
+    Steps land exactly on the model's switch times (:meth:`Velocity.next_switch`), so every
+    step lies in one interval of constant terms.
     """
 
-    def __init__(self, mesh: Mesh, model: AttentionModel, scheme: str = "muscl", field=None, backend: str = "auto",
+    def __init__(self, mesh: Mesh, model, scheme: str = "muscl", field=None, backend: str = "auto",
                  cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, integrator: SSPRK = SSPRK3,
                  tolerance: float = 1e-12, dist=None):
-        if mesh.d != model.d:
-            raise ValueError(f"model is for d = {model.d} but the mesh lives in R^{mesh.d}")
+        dynamics = as_velocity_model(model)
+        if mesh.d != dynamics.d:
+            raise ValueError(f"model is for d = {dynamics.d} but the mesh lives in R^{mesh.d}")
         if not 0 < cfl <= 1:
             raise ValueError(f"cfl must be in (0, 1], got {cfl}")
         self.mesh = mesh
         self.model = model
+        self.dynamics = dynamics
         self.partition = None
         if dist is not None and dist.size > 1:
             from ..parallel import Partition
 
             self.partition = Partition(dist, mesh)
         if field is None:
-            # (the domain split takes care of MPI: the backend itself is the serial one)
-            field = make_field(model, backend, tolerance, n_targets=mesh.edge_points.shape[0] * mesh.edge_points.shape[1],
-                               n_sources=mesh.n_cells)
+            # (the domain split takes care of MPI: each head's backend is the serial one)
+            field = make_velocity(dynamics, backend, tolerance, n_targets=mesh.edge_points.shape[0] * mesh.edge_points.shape[1],
+                                  n_sources=mesh.n_cells)
         self.fv = FiniteVolume(mesh, field, scheme, partition=self.partition)
+        self.velocity_field = self.fv.field
         self.cfl = cfl
         self.rate_cfl = rate_cfl
         self.dt_max = dt_max
         self.integrator = integrator
-        # Largest growth rate over the harmonic degrees the mesh resolves.
-        self.rate = model.rate_bound(max_mode=mesh.max_degree)
+        self.rate = self.rate_at(0.0)
         self.rejected = 0
 
-    def step_bounds(self, rho: np.ndarray) -> dict:
-        """The bounds of the next step from ``rho`` (one field evaluation): ``{"cfl": ...,
+    def rate_at(self, t: float) -> float:
+        """The largest growth rate of the terms acting at ``t`` over the harmonic degrees the
+        mesh resolves (:meth:`Terms.rate_bound`)."""
+        return self.velocity_field.rate_bound(t, max_mode=self.mesh.max_degree)
+
+    def step_bounds(self, rho: np.ndarray, t: float = 0.0) -> dict:
+        """The bounds of the next step from ``rho`` at ``t`` (one field evaluation): ``{"cfl": ...,
         "rate": ..., "dt_max": ...}``; the step is their minimum (before landing on output times)."""
-        un = self.fv.rhs(rho)[1]
+        un = self.fv.rhs(rho, t=t)[1]
         return {"cfl": self.cfl * self.integrator.ssp_coefficient * self.fv.cfl_dt(un),
-                "rate": self.rate_cfl / self.rate, "dt_max": self.dt_max}
+                "rate": self.rate_cfl / self.rate_at(t), "dt_max": self.dt_max}
 
     def step(self, state: State, t_limit: float = math.inf) -> float:
-        """Advance ``state`` in place by one adaptive step not passing ``t_limit``; returns dt."""
-        stage0 = self.fv.rhs(state.rho)
+        """Advance ``state`` in place by one adaptive step not passing ``t_limit`` (nor the
+        next switch time of the model); returns dt."""
+        t = state.t
+        t_limit = min(t_limit, self.velocity_field.next_switch(t))
+        stage0 = self.fv.rhs(state.rho, t=t)
         un = stage0[1]
+        self.rate = self.rate_at(t)
         dt = min(self.cfl * self.integrator.ssp_coefficient * self.fv.cfl_dt(un), self.rate_cfl / self.rate, self.dt_max)
         dt = self.clip_step(state.t, dt, t_limit)
         if self.partition is None:
-            operator, u0 = self.fv.rhs, state.rho
+            def operator(u):
+                return self.fv.rhs(u, t=t)
+
+            u0 = state.rho
         else:  # the integrator updates the owned cells; each stage replicates the density
             def operator(u):
-                return self.fv.rhs(self.partition.gather(u))
+                return self.fv.rhs(self.partition.gather(u), t=t)
 
             u0 = state.rho[self.partition.cells]
         for _ in range(30):
@@ -186,7 +195,6 @@ class Simulation(Stepper):
         self.finish_step(state, dt, t_limit)
         return dt
 
-
-    def velocity(self, rho: np.ndarray) -> np.ndarray:
-        """The field X at cell centres for the density ``rho``."""
-        return self.fv.velocity_at_centers(rho)
+    def velocity(self, rho: np.ndarray, t: float = 0.0) -> np.ndarray:
+        """The field X(t) at cell centres for the density ``rho``."""
+        return self.fv.velocity_at_centers(rho, t)

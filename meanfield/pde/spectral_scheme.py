@@ -173,12 +173,13 @@ class SpectralCircleSimulation(Stepper):
         return dt
 
 
-    def step_bounds(self, rho: np.ndarray) -> dict:
+    def step_bounds(self, rho: np.ndarray, t: float = 0.0) -> dict:
         """The bounds of the next step from ``rho``: ``{"cfl", "rate", "dt_max"}`` (their minimum is the step)."""
         umax = float(np.abs(self.tangential_velocity(rho)).max())
         return {"cfl": self.cfl * self.mesh.h / umax if umax > 0 else math.inf, "rate": self.rate_cfl / self.rate,
                 "dt_max": self.dt_max}
 
-    def velocity(self, rho: np.ndarray) -> np.ndarray:
-        """The field X at the grid points (cell centres), shape ``(M, 2)``."""
+    def velocity(self, rho: np.ndarray, t: float = 0.0) -> np.ndarray:
+        """The field X at the grid points (cell centres), shape ``(M, 2)`` (one fixed head: ``t``
+        does not matter)."""
         return self.tangential_velocity(rho)[:, None] * self.tangents

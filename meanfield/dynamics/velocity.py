@@ -1,0 +1,199 @@
+"""The velocity field of a :class:`~meanfield.dynamics.model.VelocityModel`: one object for the
+PDE, the particles, every backend and the MPI split.
+
+:class:`Velocity` holds a field backend per head (each chosen for its own kernel by the
+``make_backend`` factory: spectral where it exists and pays, direct otherwise) and evaluates
+
+    ``velocity(targets, sources, weights, t=t) = sum_h w_h backend_h(targets, sources, weights)
+    + perceptron(targets)``
+
+with the terms acting at ``t``. Its plans (:meth:`Velocity.plan`) hold each backend's own
+plan of the points, made on first use. Exactly one head of weight 1 (the first wave's
+model) returns the backend's array itself, bit for bit.
+
+The MPI split passes ``evaluate``: a function ``(backend, targets, sources, local_sources)
+-> field`` that evaluates one head on this rank's share (:func:`meanfield.parallel.split_evaluate`);
+the perceptron is local and needs no communication.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..fields.plans import PointPlan, as_points, make_plan
+from .model import Terms, VelocityModel, as_velocity_model
+
+__all__ = ["Velocity", "VelocityPlan", "as_velocity"]
+
+
+class VelocityPlan(PointPlan):
+    """A plan of a :class:`Velocity`: the points, and each head backend's own plan of them
+    (:meth:`backend_plan`, made on first use)."""
+
+    __slots__ = ()
+
+    def backend_plan(self, backend):
+        return self.prepared(("backend", id(backend)), lambda pts: make_plan(backend, pts))
+
+
+class _Layer:
+    """The terms acting on one interval with their backends: ``heads`` ``[(weight, backend)]``."""
+
+    __slots__ = ("terms", "heads", "perceptron", "planned", "rates")
+
+    def __init__(self, terms: Terms, backends, planned: bool):
+        self.terms = terms
+        self.heads = [(h.weight, b) for h, b in zip(terms.heads, backends) if h.weight != 0.0]
+        self.perceptron = terms.perceptron
+        self.planned = planned  # the backends live as long as the Velocity: their plans are kept
+        self.rates: dict = {}
+
+
+class Velocity:
+    """The field ``X[mu](t, x)`` of a velocity model.
+
+    Parameters
+    ----------
+    model : VelocityModel, Terms or AttentionModel
+    make_backend : callable
+        ``make_backend(attention_model) -> backend`` (:func:`meanfield.pde.solver.make_field`
+        with the run's settings); one call per head of every fixed segment, made up front;
+        per head of each random layer when the layer is first reached.
+    """
+
+    #: the attention field protocol with time: ``field(targets, sources, weights, project=, t=)``
+    time_aware = True
+
+    def __init__(self, model, make_backend: Callable):
+        self.model: VelocityModel = as_velocity_model(model)
+        self.d = self.model.d
+        self._make = make_backend
+        self._fixed = [_Layer(terms, [make_backend(h.attention) for h in terms.heads], True)
+                       for terms in self.model.segments] if self.model.random_heads is None else []
+        self._random: tuple[int, _Layer] | None = None
+
+    @classmethod
+    def from_backend(cls, backend) -> "Velocity":
+        """The velocity of one attention-field backend (one head of weight 1: its ``model``)."""
+        return cls(backend.model, lambda _model: backend)
+
+    # -- the terms at a time ---------------------------------------------------------------------
+    def layer(self, t: float) -> _Layer:
+        if self.model.random_heads is None:
+            return self._fixed[self.model.segment(t)]
+        k = self.model.segment(t)
+        if self._random is None or self._random[0] != k:
+            terms = self.model.terms_at(t)
+            self._random = (k, _Layer(terms, [self._make(h.attention) for h in terms.heads], False))
+        return self._random[1]
+
+    def next_switch(self, t: float) -> float:
+        """The first time after ``t`` at which the terms change (``inf``: never)."""
+        return self.model.next_switch(t)
+
+    def terms_at(self, t: float) -> Terms:
+        return self.layer(t).terms
+
+    def backends(self, t: float = 0.0) -> list:
+        """The head backends acting at ``t``."""
+        return [b for _, b in self.layer(t).heads]
+
+    def fixed_backends(self) -> list:
+        """The head backends of every fixed segment (none for random heads, made per layer)."""
+        return [b for layer in self._fixed for _, b in layer.heads]
+
+    @property
+    def single_backend(self):
+        """The backend when the model is one head of weight 1 for all times, else ``None``."""
+        if self.model.single_head is None:
+            return None
+        return self._fixed[0].heads[0][1] if self._fixed[0].heads else None
+
+    @property
+    def name(self) -> str:
+        single = self.single_backend
+        if single is not None:
+            return single.name
+        names = sorted({getattr(b, "name", type(b).__name__) for layer in self._fixed for _, b in layer.heads})
+        if self.model.random_heads is not None:
+            names = ["per layer"]
+        return "+".join(names) if names else "none"
+
+    def rate_bound(self, t: float, max_mode: int = 64) -> float:
+        """The characteristic rate of the terms at ``t`` (:meth:`Terms.rate_bound`), cached."""
+        layer = self.layer(t)
+        rate = layer.rates.get(max_mode)
+        if rate is None:
+            rate = layer.rates[max_mode] = layer.terms.rate_bound(max_mode)
+        return rate
+
+    def interaction_norm(self, t: float) -> float:
+        """The largest ``||beta Q^T K||_2`` of the heads at ``t`` (:meth:`Terms.interaction_norm`), cached."""
+        layer = self.layer(t)
+        norm = layer.rates.get("norm")
+        if norm is None:
+            norm = layer.rates["norm"] = layer.terms.interaction_norm()
+        return norm
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def plan(self, points) -> VelocityPlan:
+        """A :class:`VelocityPlan` of ``points`` (checked shape, copied)."""
+        x = np.asarray(as_points(points), dtype=float)
+        if x.ndim != 2 or x.shape[1] != self.d:
+            raise ValueError(f"points must have shape (N, {self.d}), got {x.shape}")
+        return VelocityPlan(self, x)
+
+    def _plan_for(self, backend, points, planned: bool):
+        if isinstance(points, VelocityPlan) and points.field is self:
+            return points.backend_plan(backend) if planned else points.points
+        return as_points(points)
+
+    def __call__(self, targets, sources, weights, project: bool = True, t: float = 0.0, local_sources=None,
+                 evaluate: Callable | None = None) -> np.ndarray:
+        """The field of the measure ``(sources, weights)`` at ``targets`` with the terms acting at
+        ``t``; ``project=False``: the sum before the tangential projection ``P_x``. ``targets``,
+        ``sources``, ``local_sources`` may be plans of this velocity (:meth:`plan`) or arrays.
+        ``evaluate(backend, targets, sources, local_sources)`` replaces the serial call of each
+        head's backend (the MPI split)."""
+        layer = self.layer(t)
+        if evaluate is None:
+            kw = {} if project else {"project": False}
+
+            def evaluate(backend, tp, sp, _lp):
+                return backend(tp, sp, weights, **kw)
+
+        out = None
+        for weight, backend in layer.heads:
+            tp = self._plan_for(backend, targets, layer.planned)
+            sp = tp if sources is targets else self._plan_for(backend, sources, layer.planned)
+            lp = None if local_sources is None else self._plan_for(backend, local_sources, layer.planned)
+            v = evaluate(backend, tp, sp, lp)
+            if out is None:
+                out = v if weight == 1.0 else weight * v
+            else:
+                out += v if weight == 1.0 else weight * v
+        if layer.perceptron is not None:
+            p = layer.perceptron(np.asarray(as_points(targets), dtype=float), project=project)
+            out = p if out is None else out + p
+        if out is None:
+            out = np.zeros(np.shape(as_points(targets)), dtype=float)
+        return out
+
+    @property
+    def velocity(self) -> "Velocity":
+        """Itself (a :class:`~meanfield.parallel.DistributedField` of a velocity has the same
+        attribute: the velocity whose time scales the steppers read)."""
+        return self
+
+    def __repr__(self) -> str:
+        return f"Velocity({self.model.describe()}; backends {self.name})"
+
+
+def as_velocity(field) -> Velocity:
+    """``field`` itself when it is a :class:`Velocity`, else the velocity of that one backend."""
+    if isinstance(field, Velocity):
+        return field
+    return Velocity.from_backend(field)
+
