@@ -276,3 +276,40 @@ def compute(mesh, model, rho: np.ndarray, velocity: np.ndarray, t: float, steps:
         "max_speed": max_speed(velocity),
         "steps": int(steps),
     }
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target measure ``sum_j w_j delta_{y_j}`` (``diagnostics.target_points``,
+    ``target_weights``): the ``w1_target`` column is the exact W1 distance to it."""
+
+    points: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def from_case(cls, diagnostics: dict) -> "Target | None":
+        pts = diagnostics.get("target_points") or []
+        if not pts:
+            return None
+        y = np.asarray(pts, dtype=float)
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
+        w = np.asarray(diagnostics.get("target_weights") or [1.0] * len(y), dtype=float)
+        return cls(y, w / w.sum())
+
+    def distance_to_cells(self, mesh, masses: np.ndarray) -> float:
+        """W1 from a cell density (circle: the piecewise-constant density; sphere: masses at
+        the cell centres) to the target."""
+        from .particles.distances import w1
+
+        return float(w1(mesh, masses, self.points, self.weights))
+
+    def distance_to_points(self, x: np.ndarray, w: np.ndarray) -> float:
+        """W1 from the particles ``(x, w)`` to the target."""
+        from .particles.distances import circle_wasserstein, emd
+
+        keep = w > 0
+        x, w = x[keep], w[keep]
+        if x.shape[1] == 2:
+            return float(circle_wasserstein(np.arctan2(x[:, 1], x[:, 0]), w,
+                                            np.arctan2(self.points[:, 1], self.points[:, 0]), self.weights))
+        return float(emd(x, w, self.points, self.weights))

@@ -231,8 +231,9 @@ def _snapshot_arrays(sim: Simulation, state: State) -> dict:
 class PdeRun:
     """Adapter of a :class:`Simulation` to :func:`drive` (the finite-volume run)."""
 
-    def __init__(self, sim: Simulation, state: State, criterion: diag.ClusterCriterion):
+    def __init__(self, sim: Simulation, state: State, criterion: diag.ClusterCriterion, target=None):
         self.sim, self.state, self.criterion = sim, state, criterion
+        self.target = target
         self.mesh = sim.mesh
         self.snapshots: list[tuple[float, np.ndarray]] = []
         self.mass0 = float(state.rho @ sim.mesh.areas)
@@ -268,6 +269,8 @@ class PdeRun:
         arrays["cluster_masses"], arrays["cluster_centers"] = clusters
         row = diag.compute(mesh, self.sim.model, state.rho, arrays["velocity"], state.t, state.steps, self.criterion,
                            clusters)
+        if self.target is not None:
+            row["w1_target"] = self.target.distance_to_cells(mesh, arrays["masses"])
         arrays["steps"] = np.int64(state.steps)
         arrays["rejected"] = np.int64(getattr(self.sim, "rejected", 0))
         self.snapshots.append((state.t, state.rho.copy()))
@@ -538,6 +541,9 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     n_clusters = rows[-1]["n_clusters"]
     log.info("done: t=%g in %s, %.2f s; mass %.16g, min density %.3e, %d cluster%s", run.state.t, run.summary(),
              seconds, rows[-1]["mass"], rows[-1]["min_density"], n_clusters, "" if n_clusters == 1 else "s")
+    if "w1_target" in rows[-1]:
+        log.info("W1 to the target (diagnostics.target_points): %.6g at t=%g (%.6g at t=%g)", rows[-1]["w1_target"],
+                 rows[-1]["t"], rows[0]["w1_target"], rows[0]["t"])
     return rows
 
 
@@ -764,7 +770,7 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
         preflight(case, "run", source, dist, max_memory)
     sim, state = agreed(dist, build_simulation, case, source, dist)
     criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
-    run = PdeRun(sim, state, criterion)
+    run = PdeRun(sim, state, criterion, diag.Target.from_case(case["diagnostics"]))
     rows = drive(run, case, out_dir, progress, source, dist=dist, restart=paths[0] if paths is not None else False,
                  overwrite=overwrite)
     result = RunResult(state=state, rows=rows, out_dir=Path(out_dir) if out_dir is not None else None,

@@ -310,3 +310,36 @@ def test_two_head_case_runs_from_the_cli_with_its_header(capsys, tmp_path):
     assert "SA beta=9 + (-0.5) SA beta=1" in err + out
     rc, _, err = cli(capsys, "run", path, "--set", 'solver.scheme="spectral"', "--out", tmp_path / "s")
     assert rc == 2 and "solver.scheme" in err and "one fixed attention head" in err
+
+
+def test_w1_to_a_target_is_a_column_and_printed(capsys, tmp_path):
+    text = """
+[domain]
+cells = 64
+[model]
+heads = []
+perceptron = {W = [[0.0, 0.0], [0.0, 0.0]], U = [[1, 0], [0, 1]]}
+[initial]
+kind = "points"
+points = [[1, 0], [0, 1], [-1, 0]]
+weights = [0.5, 0.25, 0.25]
+[solver]
+t_end = 1.0
+[output]
+plots = false
+[diagnostics]
+target_points = [[1, 0], [0, 2]]
+target_weights = [2, 1]
+"""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    rc, out, err = cli(capsys, "particles", path, "--out", tmp_path / "p")
+    assert rc == 0, err
+    # X = 0: the tokens stay; W1 to 2/3 delta(0) + 1/3 delta(pi/2) from 1/2 delta(0) + 1/4 delta(pi/2) +
+    # 1/4 delta(pi): 1/12 at pi/2 -> 0 ... the optimal plan moves 1/6 from pi to 0 (pi/6 * ... ) and
+    # 1/12 from pi to pi/2: 1/6 pi + 1/12 pi/2 = 5 pi / 24
+    rows = np.genfromtxt(tmp_path / "p" / "diagnostics.csv", delimiter=",", names=True)
+    assert np.allclose(rows["w1_target"], 5 * np.pi / 24, rtol=0, atol=1e-14)
+    assert "W1 to the target" in err + out
+    with pytest.raises(CaseError, match="one weight per target point"):
+        resolve_case({"diagnostics": {"target_points": [[1, 0]], "target_weights": [1, 2]}})

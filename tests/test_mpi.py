@@ -160,3 +160,45 @@ def test_a_failure_on_one_rank_ends_the_job_promptly(tmp_path):
     assert "run failed on rank 0" in p.stderr and "vtk" in p.stderr
     assert time.perf_counter() - start < 15  # measured about 2 s; a hang would run into the 60 s timeout
 
+
+
+COMPOSITE = """
+[domain]
+cells = 160
+[model]
+heads = [{beta = 6.0}, {kind = "USA", beta = 1.0, weight = -0.4}]
+perceptron = {W = [[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]], U = [[1, 0], [0, 1], [0.5, 0.5]], activation = "tanh"}
+schedule = [{t = 0.35, heads = [{beta = 3.0, Q = [[1.0, 0.3], [0.0, 1.0]]}]}]
+[initial]
+kind = "modes"
+modes = [{k = 2, amplitude = 0.3}, {k = 3, amplitude = 0.2, phase = 1.0}]
+[solver]
+t_end = 0.8
+[output]
+every = 0.4
+plots = false
+[diagnostics]
+target_points = [[1, 0], [0, 1]]
+"""
+
+RANDOM = COMPOSITE.replace('heads = [{beta = 6.0}, {kind = "USA", beta = 1.0, weight = -0.4}]',
+                           "random_heads = {count = 3, interval = 0.3, seed = 4, beta = 2.0}").replace(
+    "schedule = [{t = 0.35, heads = [{beta = 3.0, Q = [[1.0, 0.3], [0.0, 1.0]]}]}]\n", "")
+
+
+@pytest.mark.parametrize("model", ["composite", "random"])
+def test_composite_models_are_independent_of_the_number_of_ranks(tmp_path, model):
+    """Several heads, a perceptron, a schedule, random heads: the PDE (spectral heads
+    included) and the particles under mpiexec -n 2 give the serial results."""
+    case = write(tmp_path, "c.toml", COMPOSITE if model == "composite" else RANDOM)
+    for cmd, extra in (("run", ("--set", 'solver.backend="spectral"')), ("run", ()), ("particles", ("--n", 200))):
+        label = f"{cmd}{len(extra)}"
+        serial = launch(1, cmd, case, *extra, "--out", tmp_path / f"{label}s", "--quiet")
+        par = launch(2, cmd, case, *extra, "--out", tmp_path / f"{label}p", "--quiet")
+        assert serial.returncode == 0 and par.returncode == 0, (serial.stderr, par.stderr)
+        a, b = np.load(tmp_path / f"{label}s" / "final.npz"), np.load(tmp_path / f"{label}p" / "final.npz")
+        key = "masses" if cmd == "run" else "points"
+        assert float(a["t"]) == float(b["t"]) == 0.8
+        assert np.max(np.abs(a[key] - b[key])) <= 1e-12, (cmd, extra, np.max(np.abs(a[key] - b[key])))
+        rows = [(tmp_path / f"{label}{s}" / "diagnostics.csv").read_text().splitlines() for s in "sp"]
+        assert rows[0][0] == rows[1][0] and rows[0][0].endswith("w1_target")

@@ -445,6 +445,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                 "mass of a ball of diameter cluster_distance)."),
         "cluster_mass": Key(real(0.0, 1.0), 0.01, "smallest mass of a cluster (PDE and particles; 0: particles count "
                             "every group, as the authors' Gram-rank count does)."),
+        "target_points": Key(vectors, [], "a target measure `sum_j w_j delta_{y_j}` (unit vectors y_j, normalized if "
+                             "not unit): each snapshot's W1 distance to it (exact optimal transport, geodesic, radians) "
+                             "goes to the column `w1_target` and the end of the run prints it (the measure-to-measure "
+                             "cases)."),
+        "target_weights": Key(reals(0.0), [], "weights w_j of `target_points` (default equal; normalized to 1)."),
         "cluster_distance": Key(real(0.0, math.pi, lo_open=True), math.acos(0.999), "particles: a cluster is a group "
                                 "of tokens of angular diameter at most this (radians; default arccos(0.999) = 0.0447, "
                                 "the authors' threshold <x_i, x_j> >= 0.999), see docs/particles.md."),
@@ -557,6 +562,7 @@ def _resolve(raw: dict, source, base_dir) -> dict:
         raise CaseError(source, "output.every", f"gives about {n_snapshots:.3g} snapshots up to solver.t_end = "
                         f"{case['solver']['t_end']:g} (at most {MAX_SNAPSHOTS}); take a larger value")
     _check_model(case, raw.get("model", {}), source)
+    _check_target(case["diagnostics"], source)
     _check_initial(case["initial"], d, source, Path(base_dir))
     _check_mesh(case["domain"], source, Path(base_dir))
     return case
@@ -590,6 +596,15 @@ def _check_model(case: dict, given: dict, source) -> None:
     for i, e in enumerate(m["schedule"]):
         if e["t"] > t_end:
             raise CaseError(source, "model.schedule", f"entry {i}: t = {e['t']:g} is beyond solver.t_end = {t_end:g}")
+
+
+def _check_target(diagnostics: dict, source) -> None:
+    points, weights = diagnostics["target_points"], diagnostics["target_weights"]
+    if weights and len(weights) != len(points):
+        raise CaseError(source, "diagnostics.target_weights", f"needs one weight per target point ({len(points)}), "
+                        f"got {len(weights)}")
+    if weights and not sum(weights) > 0:
+        raise CaseError(source, "diagnostics.target_weights", "must not all be zero")
 
 
 def _check_mesh(domain: dict, source, base_dir: Path) -> None:

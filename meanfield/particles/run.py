@@ -96,6 +96,7 @@ class ParticleRun:
 
     def __init__(self, mesh, system: ParticleSystem, state: ParticleState, criterion: diag.ClusterCriterion):
         self.mesh, self.system, self.state, self.criterion = mesh, system, state, criterion
+        self.target = None  # diag.Target: the w1_target column
         self.bins = histogram_mesh(mesh, state.n)
         self.snapshots: list[tuple[float, np.ndarray, np.ndarray]] = []
 
@@ -124,6 +125,8 @@ class ParticleRun:
             "max_speed": diag.max_speed(v),
             "steps": int(st.steps),
         }
+        if self.target is not None:
+            row["w1_target"] = self.target.distance_to_points(st.x, st.weights)
         arrays["steps"] = np.int64(st.steps)
         self.snapshots.append((st.t, st.x.copy(), st.weights.copy()))
         return arrays, row
@@ -234,6 +237,7 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
         preflight(case, "particles", source, dist, max_memory)
     mesh, system, state = agreed(dist, build_particles, case, source=source, dist=dist)
     run = ParticleRun(mesh, system, state, _criterion(case))
+    run.target = diag.Target.from_case(case["diagnostics"])
     run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist,
                      restart=paths[0] if paths is not None else False, overwrite=overwrite)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
