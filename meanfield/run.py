@@ -778,5 +778,6 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from .io import plots
 
-        plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"])
+        plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"],
+                              switches=[e["t"] for e in case["model"]["schedule"] if e["t"] > 0])
     return result

@@ -350,5 +350,5 @@ def describe_model(model) -> str:
     :meth:`VelocityModel.describe`."""
     single = model if isinstance(model, AttentionModel) else as_velocity_model(model).single_head
     if single is not None:
-        return f"{single.kind} beta={single.beta:g}"
+        return f"{single.kind} beta={single.beta:g}" + (" (shifted)" if single.logit_offset else "")
     return as_velocity_model(model).describe()

@@ -68,15 +68,32 @@ def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     return path
 
 
-def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = False) -> Path:
-    """``shifted``: the energy column is ``exp(-beta c) E_beta`` (``model.shift``)."""
+def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = False, switches=()) -> Path:
+    """``shifted``: the energy column is ``exp(-beta c) E_beta`` (``model.shift``); an empty
+    energy (undefined: the terms are no gradient flow) is said in its panel; ``w1_target``
+    (when the case has a target) is drawn on the energy panel's right axis; ``switches``:
+    the schedule's switch times, dotted in every panel."""
     plt = _pyplot()
     t = np.array([r["t"] for r in rows])
-    get = lambda k: np.array([r[k] for r in rows], dtype=float)  # noqa: E731
+    get = lambda k: np.array([np.nan if r.get(k) is None else r[k] for r in rows], dtype=float)  # noqa: E731
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     ax = axes[0, 0]
-    ax.plot(t, get("energy"), "o-", ms=3)
+    energy = get("energy")
+    if np.all(np.isnan(energy)):
+        ax.text(0.5, 0.5, "energy undefined:\nthe velocity is not a gradient flow\n(see docs/dynamics.md)",
+                ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.set_yticks([])
+    else:
+        ax.plot(t, energy, "o-", ms=3)
     ax.set_ylabel("shifted energy $e^{-\\beta c} E_\\beta$" if shifted else "energy E_β")
+    if "w1_target" in rows[0]:
+        ax2 = ax.twinx()
+        ax2.semilogy(t, get("w1_target"), "s-", ms=3, color="C2")
+        ax2.set_ylabel("W1 to the target", color="C2")
+    for row in axes:
+        for a in row:
+            for ts in switches:
+                a.axvline(ts, color="0.6", ls=":", lw=1)
     ax = axes[0, 1]
     ax.plot(t, get("order_parameter"), "o-", ms=3, label="order parameter |∫x dμ|")
     ax.set_ylim(-0.02, 1.02)
@@ -104,9 +121,9 @@ def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = Fa
     return path
 
 
-def write_run_plots(out_dir, mesh, result, shifted: bool = False) -> list[Path]:
+def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=()) -> list[Path]:
     out_dir = Path(out_dir)
-    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, shifted=shifted)]
+    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, shifted=shifted, switches=switches)]
     if mesh.manifold == "circle":
         paths.append(plot_spacetime(out_dir / "density.png", mesh, result.snapshots))
     else:

@@ -243,7 +243,8 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from ..io import plots
 
-        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, shifted=case["model"]["shift"])
+        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, shifted=case["model"]["shift"],
+                               switches=[e["t"] for e in case["model"]["schedule"] if e["t"] > 0])
         t, x, w = run.snapshots[-1]
         histogram = bin_particles(mesh, x, w) / mesh.areas if mesh.manifold == "sphere" else None
         plots.plot_particles(Path(out_dir) / "particles.png", mesh, x, w, t=t, histogram=histogram)
