@@ -114,6 +114,11 @@ def matrix(v, d):
         else:
             got = f"{_type_name(v)} {show_value(v)}"
         raise ValueError(f"must be a {d} x {d} array of numbers, got {got}")
+    return _float_rows(v)
+
+
+def _float_rows(v: list) -> list:
+    """The rows of a 2-d array as lists of finite floats (``ValueError`` naming the row)."""
     out = []
     for i, row in enumerate(v):
         try:
@@ -234,15 +239,7 @@ def _rect(v, rows: int | None, cols: int | None, name: str) -> list:
     if (rows is not None and shape[0] != rows) or (cols is not None and shape[1] != cols) or shape[1] == 0:
         want = f"{rows if rows is not None else 'm'} x {cols if cols is not None else 'm'}"
         raise ValueError(f"must be a {want} array ({name}), got shape {shape}")
-    out = []
-    for i, row in enumerate(v):
-        try:
-            out.append([_number(x) for x in row])
-        except ValueError as exc:
-            raise ValueError(f"row {i}: entries {exc}") from None
-    if not all(math.isfinite(x) for r in out for x in r):
-        raise ValueError("must have finite entries")
-    return out
+    return _float_rows(v)
 
 
 #: The activations of ``model.perceptron`` (:data:`meanfield.dynamics.perceptron.ACTIVATIONS`).
