@@ -343,3 +343,22 @@ target_weights = [2, 1]
     assert "W1 to the target" in err + out
     with pytest.raises(CaseError, match="one weight per target point"):
         resolve_case({"diagnostics": {"target_points": [[1, 0]], "target_weights": [1, 2]}})
+
+
+def test_random_layers_keep_one_plan_per_head_slot():
+    """A plan keeps each random head's prepared points for the layer (one per slot, replaced
+    when the layer's heads are redrawn), and gives the bits of unplanned points."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 2))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    w = np.full(50, 0.02)
+    velocity = make_velocity(VelocityModel(2, random_heads=RandomHeads(d=2, count=3, interval=1.0, seed=1)),
+                             "spectral")
+    plan = velocity.plan(x)
+    for t in (0.0, 0.5, 1.0, 2.5):
+        assert np.array_equal(velocity(plan, plan, w, t=t), velocity(x, x, w, t=t))
+        slots = {k: v for k, v in plan._prepared.items() if k[0] == "slot"}
+        assert len(slots) == 3 and all(v[0] is b for v, b in zip(slots.values(), velocity.backends(t)))
+        inner = [v[1] for v in slots.values()]
+        velocity(plan, plan, w, t=t)
+        assert all(plan._prepared[k][1] is p for k, p in zip(slots, inner))  # reused within the layer

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..fields.attention import single_thread_blas
 from ..fields.plans import PointPlan, as_points, make_plan
 from .model import Terms, VelocityModel, as_velocity_model
 
@@ -34,8 +35,17 @@ class VelocityPlan(PointPlan):
 
     __slots__ = ()
 
-    def backend_plan(self, backend):
-        return self.prepared(("backend", id(backend)), lambda pts: make_plan(backend, pts))
+    def backend_plan(self, backend, slot: int | None = None):
+        """``backend``'s plan of these points. ``slot``: the head's place in a random layer,
+        whose backends change from layer to layer: one plan per slot, replaced when the
+        slot's backend changes (so a plan holds at most ``count`` of them)."""
+        if slot is None:
+            return self.prepared(("backend", id(backend)), lambda pts: make_plan(backend, pts))
+        key = ("slot", slot)
+        got = self._prepared.get(key)
+        if got is None or got[0] is not backend:
+            got = self._prepared[key] = (backend, make_plan(backend, self.points))
+        return got[1]
 
 
 class _Layer:
@@ -47,7 +57,7 @@ class _Layer:
         self.terms = terms
         self.heads = [(h.weight, b) for h, b in zip(terms.heads, backends) if h.weight != 0.0]
         self.perceptron = terms.perceptron
-        self.planned = planned  # the backends live as long as the Velocity: their plans are kept
+        self.planned = planned  # the backends live as long as the Velocity: each keeps its plans
         self.rates: dict = {}
 
 
@@ -145,9 +155,9 @@ class Velocity:
             raise ValueError(f"points must have shape (N, {self.d}), got {x.shape}")
         return VelocityPlan(self, x)
 
-    def _plan_for(self, backend, points, planned: bool):
+    def _plan_for(self, backend, points, planned: bool, slot: int):
         if isinstance(points, VelocityPlan) and points.field is self:
-            return points.backend_plan(backend) if planned else points.points
+            return points.backend_plan(backend, None if planned else slot)
         return as_points(points)
 
     def __call__(self, targets, sources, weights, project: bool = True, t: float = 0.0, local_sources=None,
@@ -165,15 +175,16 @@ class Velocity:
                 return backend(tp, sp, weights, **kw)
 
         out = None
-        for weight, backend in layer.heads:
-            tp = self._plan_for(backend, targets, layer.planned)
-            sp = tp if sources is targets else self._plan_for(backend, sources, layer.planned)
-            lp = None if local_sources is None else self._plan_for(backend, local_sources, layer.planned)
-            v = evaluate(backend, tp, sp, lp)
-            if out is None:
-                out = v if weight == 1.0 else weight * v
-            else:
-                out += v if weight == 1.0 else weight * v
+        with single_thread_blas():  # once for every head (the backends' own entries are then free)
+            for slot, (weight, backend) in enumerate(layer.heads):
+                tp = self._plan_for(backend, targets, layer.planned, slot)
+                sp = tp if sources is targets else self._plan_for(backend, sources, layer.planned, slot)
+                lp = None if local_sources is None else self._plan_for(backend, local_sources, layer.planned, slot)
+                v = evaluate(backend, tp, sp, lp)
+                if out is None:
+                    out = v if weight == 1.0 else weight * v
+                else:
+                    out += v if weight == 1.0 else weight * v
         if layer.perceptron is not None:
             p = layer.perceptron(np.asarray(as_points(targets), dtype=float), project=project)
             out = p if out is None else out + p
