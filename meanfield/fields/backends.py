@@ -16,7 +16,7 @@ __all__ = ["make_backend"]
 log = logging.getLogger("meanfield")
 
 
-def make_backend(model: AttentionModel, backend: str = "auto", tolerance: float = 1e-12, n_targets: int | None = None,
+def make_backend(model: AttentionModel, backend: str = "auto", tolerance: float = 1e-10, n_targets: int | None = None,
                  n_sources: int | None = None):
     """The serial backend named ``backend`` for one head ``model`` (see
     :func:`meanfield.pde.solver.make_field`, which adds the MPI split of the targets)."""

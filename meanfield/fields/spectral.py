@@ -9,8 +9,9 @@ the plans of fixed point sets (:meth:`~SpectralField.plan`, :mod:`meanfield.fiel
 the checked measure without its zero weights, and the tangential projection.
 :class:`SphereSpectralField` adds the evaluation both S^2 backends run: read the total
 weight from the coefficients, the constant field of a vanishing interaction, the transforms
-with their error estimate, and the direct fallback for the SA targets whose estimate
-exceeds the tolerance (``last_fallback_count``).
+with their error estimate, and for the SA targets whose estimate exceeds the tolerance the
+backend's split (heavy sources direct, the light rest transformed: ``last_split_count``) and
+then the direct fallback (``last_fallback_count``).
 """
 
 from __future__ import annotations
@@ -87,16 +88,18 @@ class SpectralField:
 
 
 class SphereSpectralField(SpectralField):
-    """The evaluation both S^2 backends share, from four hooks.
+    """The evaluation both S^2 backends share, from five hooks.
 
     :meth:`_read_coefficients` (shape check, the array and the total weight ``W``),
     :meth:`_vanishes` (the field is zero), ``_degenerate`` (the interaction vanishes: the
     coefficients are ``[W, sum_j w_j y_j]``) with :meth:`_constant_field`, and
     :meth:`_transform_field` (USA: the field; SA: the field and its estimated error per
-    target, ``inf`` where unresolved).
+    target, ``inf`` where unresolved); and :meth:`_split` for the SA targets above the
+    tolerance, before the direct fallback.
     """
 
     last_fallback_count = 0
+    last_split_count = 0
     _degenerate = False
 
     def _read_coefficients(self, coeffs) -> tuple[np.ndarray, float]:  # pragma: no cover - abstract
@@ -110,6 +113,13 @@ class SphereSpectralField(SpectralField):
 
     def _transform_field(self, plan, coeffs, total, project):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _split(self, plan, fallback, out, err, sources, weights, project) -> np.ndarray:
+        """SA targets ``fallback`` (a mask of ``plan``'s points) whose transformed field missed
+        the tolerance: recompute what a backend can more cheaply than the direct sums (``out``
+        in place, ``last_split_count``) and return the mask of those still left to
+        :class:`~meanfield.fields.attention.DirectField`. Here: none recomputed."""
+        return fallback
 
     def evaluate(self, targets, coeffs, sources=None, weights=None, project: bool = True) -> np.ndarray:
         """The field at ``targets`` from the :meth:`coefficients` of the whole measure.
@@ -125,7 +135,7 @@ class SphereSpectralField(SpectralField):
         coeffs, total = self._read_coefficients(coeffs)
         if normalized and not total > 0:
             raise ValueError("SA field needs a positive total weight")
-        self.last_fallback_count = 0
+        self.last_fallback_count = self.last_split_count = 0
         out = np.zeros_like(x)
         if x.shape[0] == 0 or self._vanishes() or not total > 0:
             return out
@@ -137,10 +147,12 @@ class SphereSpectralField(SpectralField):
             else:
                 out, err = self._transform_field(plan, coeffs, total, project)
                 fallback = err > self.tolerance
-                count = int(fallback.sum())
-                if count:
+                if fallback.any():
                     if sources is None or weights is None:
                         raise ValueError("the SA direct fallback needs the sources and weights of the whole measure")
+                    fallback = self._split(plan, fallback, out, err, sources, weights, project)
+                count = int(fallback.sum())
+                if count:
                     out[fallback] = DirectField(self.model)(x[fallback], sources, weights, project=project)
                 self.last_fallback_count = count
         if project:

@@ -52,20 +52,33 @@ every target the backend estimates the absolute SA error,
     \\qquad \\rho = \\min(1, |X(x)| / |v|),
 
 (``tau_Phi``, ``tau_g`` the truncation tails of ``Phi_s`` and ``|grad Phi_s| / |b|`` per unit
-mass, see :func:`spectral_lmax`), and recomputes with :class:`~meanfield.fields.attention.DirectField`
-the targets where it exceeds ``tolerance * |v|`` (and those where ``Phi_s`` itself is not
-resolved). The number of such targets in the last call is ``last_fallback_count``. ``eta``
-is calibrated against measured errors (:func:`_transform_accuracy`, a factor >= 2.5 of
-margin) and cannot go below ~1.7e-13 (ducc0's double-precision floor for the NUFFT is
-2e-13), so at the default ``tolerance = 1e-12`` the targets with
-``Phi_s(x) < ~0.17 (B_g/|b| + rho B_Phi)`` fall back: nearly uniform measures never do, a
-smooth von Mises--Fisher density ``exp(2 <x, c>)`` at ``beta = 9`` sends ~13% of the
-targets (the far side) to the direct sums, clustered states at large ``beta`` most of them
-(everything far from the clusters, where the exact ``Phi_s`` is tiny). At
-``tolerance = 1e-9`` the threshold is ``~5e-4 (...)`` and the same smooth density needs no
-fallback; clustered states at ``beta >~ 30`` still do, because there ``Phi_s`` falls by
-``e^{-2|b|}`` across the sphere. USA has no fallback: its error is absolute, ``~ eta |v| e^{|b|} B_g / |b|``,
-small against ``max |X|``.
+mass, see :func:`spectral_lmax`). ``eta`` is calibrated against measured errors
+(:func:`_transform_accuracy`, a factor >= 2.5 of margin) and cannot go below ~1.7e-13 (ducc0's
+double-precision floor for the NUFFT is 2e-13; every ``tolerance <= 3e-10`` gives the same
+transforms), so targets with ``Phi_s(x) < eta (...) / tolerance`` miss the tolerance: far
+from a concentrated measure, where the exact ``Phi_s`` is small against its bound ``B_Phi ~ W``.
+
+The split. Those targets are recomputed from the same measure cut in two: the heaviest
+sources (``heavy``) summed directly at them in the same scale (``Phi_h``, ``grad Phi_h / b``,
+``D_h``: exact to round-off), the light rest transformed from its own moments (one more
+adjoint synthesis, and the syntheses at those targets only). The light part's errors scale
+with its weight ``W_l`` (its bounds are at most ``~W_l`` times those of a point mass), so the
+estimate becomes ``(eta (B_g,l/|b| + rho B_Phi,l) + W_l (...)) / (Phi_h + Phi_l)``, small
+wherever ``W_l`` is small against ``Phi_s(x) tolerance / eta``: a cluster of a few cells is
+the heavy part, its faint surroundings the light one
+(:func:`~meanfield.fields.sphere_transforms.split_sources` chooses ``W_l`` from the estimates
+to minimize the expected cost, and declines when that is not below 3/4 of the direct
+fallback's). Targets whose new estimate still exceeds the tolerance (and those not resolved
+even with ``Phi_h``) are recomputed with :class:`~meanfield.fields.attention.DirectField`.
+``last_split_count`` and ``last_fallback_count`` count the two kinds in the last call.
+Measured at ``tolerance = 1e-10`` (the case default; ``beta = 9``, icosahedral level 5, edge
+midpoints from cell centres): a smooth von Mises--Fisher density ``exp(2 <x, c>)`` needs
+neither; the single cluster a vMF start collapses into sends 20..43% of the targets to the
+split (heavy parts of 3..120 cells) and none to the direct sums, at 2..3 times the cost of the
+plain transforms; errors <= 3e-13 ``|v|``. At ``beta >~ 30`` ``Phi_s`` falls by ``e^{-2|b|}``
+across the sphere, the heavy part must hold nearly all the mass, and the direct fallback
+remains. USA has no fallback: its error is absolute, ``~ eta |v| e^{|b|} B_g / |b|``, small
+against ``max |X|``.
 
 ``b = 0`` is evaluated in closed form: ``X = v P_x(sum_j w_j y_j)`` (divided by ``W`` for SA).
 
@@ -106,11 +119,11 @@ import math
 
 import numpy as np
 
-from .attention import USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError
+from .attention import USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError, check_sources
 from .plans import as_points
 from .spectral import SphereSpectralField
 from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TINY_B, nufft_epsilon, plan_angles, plan_frame,
-                                scaled_in, spectral_lmax, tails)
+                                point_angles, scaled_in, spectral_lmax, split_sources, tails)
 
 __all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax"]
 
@@ -198,6 +211,9 @@ class SpectralSphereField(SphereSpectralField):
         ``beta c``, the kernel's exponent.
     last_fallback_count : int
         SA targets recomputed by :class:`~meanfield.fields.attention.DirectField` in the last call.
+    last_split_count : int
+        SA targets recomputed by the split (heavy sources direct, the light rest transformed)
+        in the last call.
 
     Examples
     --------
@@ -333,13 +349,9 @@ class SpectralSphereField(SphereSpectralField):
     def _transform(self, targets, alm, total, project: bool = True):
         """:meth:`_spectral` from the moments ``alm`` (shape (1, nalm)) and the total weight;
         ``targets`` a plan of this field or an array."""
-        from ducc0.sht.experimental import synthesis_general
-
         plan = self._plan_of(targets, as_points(targets))
         x = plan.points
-
-        L, eps, b, v = self.lmax, self.epsilon, self.b, self.v
-        b_abs = abs(b)
+        b_abs = abs(self.b)
         normalized = self.model.normalized
         # shifted USA: e^{|b| - offset} = 1 (offset = beta ||Q^T K||_2 = |b|)
         exponent = b_abs - self.model.logit_offset
@@ -348,49 +360,144 @@ class SpectralSphereField(SphereSpectralField):
                 f"USA attention overflows: |beta c| = {b_abs:.1f} exceeds the logit limit "
                 f"{USA_LOGIT_LIMIT:.1f}; {USA_OVERFLOW_FIX}"
             )
-        alm_g = alm * self._lam_g[self._l_of]
         loc = plan_angles(plan)
+        frame = plan_frame(plan)
+        if normalized:
+            sums = self._sa_sums(x, loc, frame, alm, project)
+            return self._sa_quotient(x, *sums[:3], *self._sa_errors(total, *sums[3:]))
+        from ducc0.sht.experimental import synthesis_general
+
+        grad = self._gradient(x, loc, frame, alm)
+        if not project:  # USA: d Phi_s / d b, the radial part of the sums
+            alm_r = alm * self._lam_r[self._l_of]
+            grad += synthesis_general(alm=alm_r, spin=0, lmax=self.lmax, loc=loc, epsilon=self.epsilon,
+                                      nthreads=1)[0][:, None] * x
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = grad * (self.v * math.exp(exponent))
+        if not np.all(np.isfinite(out)):
+            raise FieldOverflowError(f"USA attention overflowed double precision; {USA_OVERFLOW_FIX}")
+        return out
+
+    def _gradient(self, x, loc, frame, alm) -> np.ndarray:
+        """``grad(Phi_s) / b`` (3-vectors, tangent) at the points ``x`` with angles ``loc`` and
+        local frames ``frame`` from the moments ``alm`` (shape (1, nalm))."""
+        from ducc0.sht.experimental import synthesis_general
+
+        alm_g = alm * self._lam_g[self._l_of]
         # spin-1 "DERIV1": maps (d/dtheta, 1/sin(theta) d/dphi) of the spin-0 synthesis, here
         # of Phi_s / b
-        g = synthesis_general(alm=alm_g, spin=1, lmax=L, loc=loc, epsilon=eps, nthreads=1, mode="DERIV1")
-        ct, st, cp, sp = plan_frame(plan)
+        g = synthesis_general(alm=alm_g, spin=1, lmax=self.lmax, loc=loc, epsilon=self.epsilon, nthreads=1,
+                              mode="DERIV1")
+        ct, st, cp, sp = frame
         gt, gp = g[0], g[1]
         grad = np.empty_like(x)  # grad(Phi_s) / b = gt e_theta + gp e_phi
         grad[:, 0] = gt * ct * cp - gp * sp
         grad[:, 1] = gt * ct * sp + gp * cp
         grad[:, 2] = -gt * st
-        if not project and not normalized:  # USA: d Phi_s / d b, the radial part of the sums
-            alm_r = alm * self._lam_r[self._l_of]
-            grad += synthesis_general(alm=alm_r, spin=0, lmax=L, loc=loc, epsilon=eps, nthreads=1)[0][:, None] * x
-        if not normalized:
-            with np.errstate(over="ignore", invalid="ignore"):
-                out = grad * (v * math.exp(exponent))
-            if not np.all(np.isfinite(out)):
-                raise FieldOverflowError(f"USA attention overflowed double precision; {USA_OVERFLOW_FIX}")
-            return out
+        return grad
 
+    def _sa_sums(self, x, loc, frame, alm, project):
+        """SA: the scaled sums at ``x`` from the moments ``alm`` -- ``Phi_s``, ``grad(Phi_s) / b``
+        (``= P_x sum_j w_j k_s(x, y_j) y_j``), ``D_s`` (``project=False``, else ``None``) -- and
+        the bounds ``B_Phi``, ``B_g``, ``B_D`` (``B_D = 0`` without ``D_s``) of those functions."""
+        from ducc0.sht.experimental import synthesis_general
+
+        L, eps = self.lmax, self.epsilon
+        grad = self._gradient(x, loc, frame, alm)
+        b_g = float(self._w_g @ self._degree_norms(alm * self._lam_g[self._l_of]))
         alm_d = None if project else alm * self._lam_d[self._l_of]
         alm = alm * self._lam[self._l_of]
         phi_s = synthesis_general(alm=alm, spin=0, lmax=L, loc=loc, epsilon=eps, nthreads=1)[0]
-        # bounds on Phi_s and |grad Phi_s| / |b| from the coefficients (per degree l)
         b_phi = float(self._w_phi @ self._degree_norms(alm))
-        b_g = float(self._w_g @ self._degree_norms(alm_g))
-        resolved = phi_s > 10.0 * (self.eta * b_phi + total * self._tau_phi)
+        d_s, b_d = None, 0.0
+        if alm_d is not None:
+            d_s = synthesis_general(alm=alm_d, spin=0, lmax=L, loc=loc, epsilon=eps, nthreads=1)[0]
+            b_d = float(self._w_phi @ self._degree_norms(alm_d))
+        return phi_s, grad, d_s, b_phi, b_g, b_d
+
+    def _sa_errors(self, total, b_phi, b_g, b_d):
+        """Absolute error bounds of the transformed ``Phi_s``, ``grad(Phi_s) / b`` and ``D_s`` of a
+        measure of total weight ``total`` with the function bounds ``b_phi, b_g, b_d``: the
+        transform accuracy ``eta`` times the bound, plus the truncation tail of the mass."""
+        return (self.eta * b_phi + total * self._tau_phi, self.eta * b_g + total * self._tau_g,
+                self.eta * b_d + total * self._tau_d)
+
+    def _sa_quotient(self, x, phi_s, grad, d_s, e_phi, e_g, e_d):
+        """SA: the field ``v grad(Phi_s) / (b Phi_s)`` (tangent; plus the radial part
+        ``v sgn(b) (1 - D_s / Phi_s) x`` when ``d_s`` is given) and its estimated error relative
+        to ``|v|`` per target from the absolute errors ``e_phi, e_g, e_d`` of the sums (``inf``
+        where ``Phi_s <= 10 e_phi``: not resolved)."""
+        v, b = self.v, self.b
+        resolved = phi_s > 10.0 * e_phi
         safe = np.where(resolved, phi_s, 1.0)
         out = grad * (v / safe)[:, None]
         rho = np.minimum(1.0, np.linalg.norm(out, axis=1) / abs(v))
-        err = self.eta * (b_g + rho * b_phi) + total * (self._tau_g + rho * self._tau_phi)
-        if alm_d is not None:
+        err = e_g + rho * e_phi
+        if d_s is not None:
             # the radial part <x, average> = sgn(b) (1 - D / Phi) with
             # D = sum_j w_j (1 - sgn(b) <x, y_j>) e^{b <x, y_j>} >= 0, small where the kernel
             # peaks: better conditioned than (d Phi / d b) / Phi, a quotient of nearly equal sums
-            ratio = synthesis_general(alm=alm_d, spin=0, lmax=L, loc=loc, epsilon=eps, nthreads=1)[0] / safe
+            ratio = d_s / safe
             out += (v * math.copysign(1.0, b) * (1.0 - ratio))[:, None] * x
-            r_d = np.minimum(2.0, np.abs(ratio))
-            b_d = float(self._w_phi @ self._degree_norms(alm_d))
-            err += self.eta * (b_d + r_d * b_phi) + total * (self._tau_d + r_d * self._tau_phi)
+            err = err + (e_d + np.minimum(2.0, np.abs(ratio)) * e_phi)
         err = np.where(resolved, err / safe + ABSOLUTE_FLOOR, np.inf)
         return out, err
+
+    # -- the SA split: heavy sources summed directly, the light rest transformed -------------
+    def _split(self, plan, fallback, out, err, sources, weights, project) -> np.ndarray:
+        """The SA targets the transforms could not resolve to the tolerance, recomputed as
+        ``(Phi_h + Phi_l, grad_h + grad_l, D_h + D_l)``: the heaviest sources summed directly
+        (exact), the light rest, of total weight ``W_l``, transformed (errors ``eta B_l +
+        W_l tau`` with ``B_l <~ W_l``: small against ``Phi`` where the whole measure's were
+        not). ``W_l`` is chosen from the worst resolved estimate, which scales with the mass
+        left to the transforms; targets whose new estimate still exceeds the tolerance, and
+        all of them when the split would cost more than half the direct sums, stay in the
+        returned mask (the direct fallback). Updates ``out`` and ``last_split_count``."""
+        from ducc0.sht.experimental import adjoint_synthesis_general
+
+        y, w = check_sources(self.model, as_points(sources), weights)
+        keep = w > 0
+        y, w = y[keep], w[keep]
+        F = np.flatnonzero(fallback)
+        picked = split_sources(w, err[F], self.tolerance, spectral_cost(self.model, F.size, w.size, self.tolerance))
+        if picked is None:
+            return fallback
+        light, heavy, w_light = picked
+        alm = adjoint_synthesis_general(map=w[light][None, :], spin=0, lmax=self.lmax, loc=point_angles(y[light]),
+                                        epsilon=self.epsilon, nthreads=1)
+        x = plan.points[F]
+        loc = plan_angles(plan)[F]
+        frame = tuple(a[F] for a in plan_frame(plan))
+        phi_l, grad_l, d_l, *bounds = self._sa_sums(x, loc, frame, alm, project)
+        phi_h, grad_h, d_h = self._direct_sums(x, y[heavy], w[heavy], project)
+        got, new_err = self._sa_quotient(x, phi_l + phi_h, grad_l + grad_h, None if project else d_l + d_h,
+                                         *self._sa_errors(w_light, *bounds))
+        ok = new_err <= self.tolerance
+        out[F[ok]] = got[ok]
+        self.last_split_count = int(ok.sum())
+        rest = fallback.copy()
+        rest[F[ok]] = False
+        return rest
+
+    def _direct_sums(self, x, y, w, project):
+        """``Phi_s``, ``grad(Phi_s) / b`` and ``D_s`` (``None`` when ``project``) of the measure
+        ``(y, w)`` at ``x``, summed directly in the scale ``e^{-|b|}`` of the transforms
+        (blocks of about 2^18 pairs). ``D_s = Phi_s - sgn(b) <x, M_s>`` (``M_s = sum_j w_j
+        k_s y_j``) loses digits only against ``Phi_s``, which is all the quotient needs."""
+        b_abs = abs(self.b)
+        by = y * self.b
+        wy = np.concatenate([w[:, None], w[:, None] * y], axis=1)
+        sums = np.empty((x.shape[0], 4))
+        rows = max(1, 2**18 // max(1, y.shape[0]))
+        for start in range(0, x.shape[0], rows):
+            logits = x[start : start + rows] @ by.T
+            logits -= b_abs
+            np.exp(logits, out=logits)
+            np.matmul(logits, wy, out=sums[start : start + rows])
+        phi, m = sums[:, 0], sums[:, 1:]
+        radial = np.einsum("ij,ij->i", m, x)
+        grad = m - radial[:, None] * x
+        return phi, grad, None if project else phi - math.copysign(1.0, self.b) * radial
 
     def higher_power(self, alm: np.ndarray) -> float:
         """``sum_{l >= 1} lambda_l e^{-|b|} sum_m |a_lm|^2`` of the packed moments ``alm``

@@ -94,15 +94,19 @@ von Mises--Fisher, clustered and point measures, random models with ``beta`` 1..
 ``epsilon`` 3e-13..1e-9, the errors of ``Z_s`` and ``M'_s`` were at most 0.61 ``epsilon B``
 (``lmax <= 24``) and 0.14 ``epsilon B`` above, so the estimate exceeds them by a factor of 3
 or more (and the field error by 30 or more). Targets with ``err(x) > tolerance`` or
-``Z_s(x) <= 10 (eta B_Z + W tau)`` are recomputed by
+``Z_s(x) <= 10 (eta B_Z + W tau)`` are first recomputed by the split of the isotropic backend
+(:mod:`meanfield.fields.spectral_sphere`): the heaviest sources summed directly in the target
+scale (``Z_h``, ``M'_h``), the light rest transformed from its own moments, whose errors scale
+with its weight (``last_split_count``); those whose estimate still exceeds the tolerance by
 :class:`~meanfield.fields.attention.DirectField` (``last_fallback_count``), so SA meets
 ``tolerance * ||V||_2`` at every target. Since ``epsilon`` cannot go below 3e-13 and ``Z_s``
-varies over the sphere with the anisotropy even for a uniform measure, the default
-``tolerance = 1e-12`` sends most SA targets to the direct sums once ``beta ||A||`` is large
+varies over the sphere with the anisotropy even for a uniform measure, ``tolerance = 1e-12``
+leaves most SA targets above the tolerance once ``beta ||A||`` is large
 (measured on random models, icosahedral level 3: 0..78% at ``beta = 1``, 70..100% at
 ``beta = 9``, all at ``beta = 30``; there the spectral values alone err by up to 2e-11 of
-``max |X|``). At ``tolerance = 1e-9`` smooth measures need no fallback at ``beta = 9`` and
-0..18% at ``beta = 30``; clustered states still do, as in the isotropic backend. USA has no
+``max |X|``). At the default ``tolerance = 1e-10`` (the same transforms) a smooth density
+needs 0..2% at ``beta = 9``; single clusters 37..71%, which the split takes (level 4: at most
+1% left to the direct sums). USA has no
 fallback: its error is absolute, ``~ eta ||V|| W e^{sigma_1}``, measured 2e-13 of ``max |X|``
 or less.
 
@@ -124,12 +128,13 @@ import time
 
 import numpy as np
 
-from .attention import USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError, single_thread_blas
-from .plans import as_points
+from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError, check_sources,
+                        single_thread_blas)
+from .plans import PointPlan, as_points
 from .spectral import SphereSpectralField
 from .spectral_sphere import SpectralSphereField, spectral_cost
 from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TAIL_FRACTION, nufft_epsilon, point_angles,
-                                scaled_in, spectral_lmax, tails)
+                                scaled_in, spectral_lmax, split_sources, tails)
 
 __all__ = ["AMORTIZED_CALLS", "GeneralSphereField", "MAX_COEFFICIENT_BYTES", "general_cost", "general_plan",
            "real_harmonics", "spectral_sphere_cost", "spectral_sphere_field"]
@@ -536,6 +541,9 @@ class GeneralSphereField(SphereSpectralField):
         Size of the coefficient matrix; ``build_seconds`` the time it took.
     last_fallback_count : int
         SA targets recomputed by :class:`~meanfield.fields.attention.DirectField` in the last call.
+    last_split_count : int
+        SA targets recomputed by the split (heavy sources direct, the light rest transformed)
+        in the last call.
 
     Examples
     --------
@@ -714,18 +722,74 @@ class GeneralSphereField(SphereSpectralField):
             if not np.all(np.isfinite(out)):
                 raise FieldOverflowError(f"USA attention overflowed double precision; {USA_OVERFLOW_FIX}")
             return out
+        return self._sa_quotient(z, m, num, *self._sa_errors(coeffs, T, total))
+
+    def _sa_errors(self, coeffs, T, total) -> tuple[float, float]:
+        """Absolute error bounds of the synthesized ``Z_s`` and ``M'_s`` of a measure (moments
+        ``coeffs``, x coefficients ``T = C R``, total weight ``total``): ``eta`` times the bounds
+        ``B_Z``, ``B_M`` plus the truncation tail of the mass."""
         bounds = self._lx.degree_norms(T).sum(axis=0)
         norms = np.linalg.norm(coeffs, axis=0)
         b_z = float(bounds[0]) + self._kappa * float(norms[0])
         b_m = float(np.hypot.reduce(bounds[1:])) + self._kappa * float(np.hypot.reduce(norms[1:]))
-        err_z = self.eta * b_z + total * self._tau
-        err_m = self.eta * b_m + total * self._tau
+        return self.eta * b_z + total * self._tau, self.eta * b_m + total * self._tau
+
+    @staticmethod
+    def _sa_quotient(z, m, num, err_z, err_m):
+        """SA: the field ``num / Z_s`` (``num = V W M'_s``) and its estimated error relative to
+        ``||V||_2`` from the absolute errors of ``Z_s`` and ``M'_s`` (``inf`` where ``Z_s <=
+        10 err_z``: not resolved)."""
         resolved = z > 10.0 * err_z
         safe = np.where(resolved, z, 1.0)
         out = num / safe[:, None]
         r = np.minimum(1.0, np.linalg.norm(m, axis=1) / safe)
         err = np.where(resolved, (err_m + r * err_z) / safe + ABSOLUTE_FLOOR, np.inf)
         return out, err
+
+    # -- the SA split: heavy sources summed directly, the light rest transformed -------------
+    def _split(self, plan, fallback, out, err, sources, weights, project) -> np.ndarray:
+        """As :meth:`SpectralSphereField._split
+        <meanfield.fields.spectral_sphere.SpectralSphereField._split>`: the heaviest sources
+        summed directly (``Z_h``, ``M'_h`` in the target scale ``s(x')``), the light rest
+        transformed (its own moments, so its errors scale with its weight), targets still
+        above the tolerance left to the direct fallback."""
+        y, w = check_sources(self.model, as_points(sources), weights)
+        keep = w > 0
+        y, w = y[keep], w[keep]
+        F = np.flatnonzero(fallback)
+        picked = split_sources(w, err[F], self.tolerance, general_cost(self.model, F.size, w.size, self.tolerance))
+        if picked is None:
+            return fallback
+        light, heavy, w_light = picked
+        sub = PointPlan(self, plan.points[F], copy=False)
+        coeffs = self.coefficients(y[light], w[light])
+        T = self._apply(coeffs)
+        z, m, xp = self._synthesize(sub, T)
+        z_h, m_h = self._direct_sums(xp, y[heavy] @ self._W, w[heavy])
+        m = m + m_h
+        got, new_err = self._sa_quotient(z + z_h, m, m @ self._VW.T, *self._sa_errors(coeffs, T, w_light))
+        ok = new_err <= self.tolerance
+        out[F[ok]] = got[ok]
+        self.last_split_count = int(ok.sum())
+        rest = fallback.copy()
+        rest[F[ok]] = False
+        return rest
+
+    def _direct_sums(self, xp, yp, w):
+        """``Z_s`` (N,) and ``M'_s`` (N, 3) of the measure ``(yp, w)`` at ``xp`` (both in the
+        rotated frames), summed directly in the target scale ``s(x')`` of the transforms
+        (blocks of about 2^18 pairs)."""
+        sy = yp * self.sigma
+        wy = np.concatenate([w[:, None], w[:, None] * yp], axis=1)
+        scale = _scale(xp, self.sigma, self._a)
+        sums = np.empty((xp.shape[0], 4))
+        rows = max(1, 2**18 // max(1, yp.shape[0]))
+        for start in range(0, xp.shape[0], rows):
+            logits = xp[start : start + rows] @ sy.T
+            logits -= scale[start : start + rows, None]
+            np.exp(logits, out=logits)
+            np.matmul(logits, wy, out=sums[start : start + rows])
+        return sums[:, 0], np.ascontiguousarray(sums[:, 1:])
 
 
 #: Calls over which ``general_cost`` spreads the one-off construction of the coefficients.

@@ -14,8 +14,8 @@ import math
 import numpy as np
 from scipy import special
 
-__all__ = ["ABSOLUTE_FLOOR", "DUCC_EPS_FLOOR", "MIN_TOLERANCE", "TAIL_FRACTION", "TINY_B", "local_frame",
-           "nufft_epsilon", "plan_angles", "plan_frame", "point_angles", "scaled_in", "spectral_lmax", "tails"]
+__all__ = ["ABSOLUTE_FLOOR", "DUCC_EPS_FLOOR", "MIN_TOLERANCE", "SPLIT_GAIN", "SPLIT_MARGIN", "TAIL_FRACTION", "TINY_B", "local_frame",
+           "nufft_epsilon", "plan_angles", "plan_frame", "point_angles", "scaled_in", "spectral_lmax", "split_sources", "tails"]
 
 #: ducc0 refuses NUFFT accuracies at or below 2e-13 in double precision.
 DUCC_EPS_FLOOR = 3e-13
@@ -27,6 +27,11 @@ ABSOLUTE_FLOOR = 1e-14
 TINY_B = 1e-50
 #: Truncation tails are kept this far below the transform accuracy eta.
 TAIL_FRACTION = 1e-2
+#: The SA split leaves the transforms this fraction of the light mass at which the worst
+#: resolved fallback target would just meet the tolerance.
+SPLIT_MARGIN = 0.25
+#: The SA split is taken when its expected cost is below this fraction of the direct fallback's.
+SPLIT_GAIN = 0.75
 
 
 def nufft_epsilon(tolerance: float) -> float:
@@ -112,3 +117,33 @@ def plan_angles(plan) -> np.ndarray:
 def plan_frame(plan) -> tuple:
     """The :func:`local_frame` of a plan's angles (:func:`plan_angles`), made once and kept."""
     return plan.prepared("frame", lambda _: local_frame(plan_angles(plan)))
+
+
+def split_sources(weights: np.ndarray, estimates: np.ndarray, tolerance: float, overhead: float = 0.0):
+    """The SA split's sources: ``(light, heavy, W_l)`` index arrays of the positive
+    ``weights`` and the light weight, or ``None`` when there is nothing to split.
+
+    ``estimates`` are the error estimates of the fallback targets from the transforms of the
+    whole measure (``inf`` where unresolved). The transformed part's error scales with its
+    weight (the bounds ``B`` are at most about the weight times those of a point mass), so a
+    target of estimate ``e`` is expected to meet ``tolerance`` once the light sources weigh
+    at most :data:`SPLIT_MARGIN` ``tolerance / e`` times the total. The light weight is the
+    one that minimizes the expected cost, ``n_F n_heavy`` direct pairs for the split plus
+    ``M`` pairs for each target it is not expected to fix (``n_F`` fallback targets, ``M``
+    sources); unresolved targets count as not fixed (the direct heavy part may still
+    resolve them). ``None`` too when that cost plus ``overhead`` (the transforms of the
+    light part, in pairs) exceeds :data:`SPLIT_GAIN` times the direct fallback's ``n_F M``.
+    """
+    finite = np.sort(estimates[np.isfinite(estimates)])
+    if not finite.size:
+        return None
+    order = np.argsort(weights)
+    light_mass = np.cumsum(weights[order])
+    n_light = np.searchsorted(light_mass, SPLIT_MARGIN * tolerance / finite * float(light_mass[-1]), side="right")
+    m, n_f = weights.size, estimates.size
+    cost = n_f * (m - n_light) + (n_f - np.arange(1, finite.size + 1)) * m
+    best = int(np.argmin(cost))
+    n_light = int(n_light[best])
+    if n_light == 0 or cost[best] + overhead > SPLIT_GAIN * n_f * m:
+        return None
+    return order[:n_light], order[n_light:], float(light_mass[n_light - 1])

@@ -395,7 +395,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "the Fourier pseudo-spectral scheme (circle, isotropic models; not positivity preserving)."),
         "backend": Key(choice("direct", "spectral", "auto"), "auto", "nonlocal convolution backend: exact sums, "
                        "Fourier / spherical-harmonic expansion, or the cheaper of the two for the problem size."),
-        "tolerance": Key(real(1e-15, 1e-2), 1e-12, "relative accuracy of the spectral backend."),
+        "tolerance": Key(real(1e-15, 1e-2), 1e-10, "relative accuracy of the spectral backend."),
         "t_end": Key(real(0.0, lo_open=True), 10.0, "final time."),
         "cfl": Key(real(0.0, 1.0, lo_open=True), 0.4, "transport CFL number of each forward-Euler stage (positivity "
                    "guaranteed <= 0.5 for muscl, <= 1 for upwind); the step is `cfl` times the SSP coefficient of "

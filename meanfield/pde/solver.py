@@ -42,7 +42,7 @@ class State:
     steps: int = 0
 
 
-def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 1e-12, n_targets: int | None = None,
+def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 1e-10, n_targets: int | None = None,
                n_sources: int | None = None, dist=None):
     """The attention-field backend named ``backend`` for ``model``.
 
@@ -65,7 +65,7 @@ def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 
     return field
 
 
-def make_velocity(model, backend: str = "auto", tolerance: float = 1e-12, n_targets: int | None = None,
+def make_velocity(model, backend: str = "auto", tolerance: float = 1e-10, n_targets: int | None = None,
                   n_sources: int | None = None, dist=None):
     """The :class:`~meanfield.dynamics.velocity.Velocity` of ``model`` (a
     :class:`~meanfield.dynamics.model.VelocityModel` or one :class:`AttentionModel`), each head's
@@ -113,7 +113,7 @@ class Simulation(Stepper):
 
     def __init__(self, mesh: Mesh, model, scheme: str = "muscl", field=None, backend: str = "auto",
                  cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, integrator: SSPRK = SSPRK3,
-                 tolerance: float = 1e-12, dist=None):
+                 tolerance: float = 1e-10, dist=None):
         dynamics = as_velocity_model(model)
         if mesh.d != dynamics.d:
             raise ValueError(f"model is for d = {dynamics.d} but the mesh lives in R^{mesh.d}")
