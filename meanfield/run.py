@@ -127,12 +127,18 @@ def _terms(heads: list, perceptron: dict | None, d: int, key: str, source, check
         out.append(Head(_head_model(h, d, key, source, check), h.get("weight", 1.0)))
     p = None
     if perceptron is not None:
-        from .dynamics.perceptron import Perceptron
+        from .dynamics.perceptron import Perceptron, gradient_residual
 
         try:
             p = Perceptron(W=perceptron["W"], U=perceptron["U"], b=perceptron["b"], activation=perceptron["activation"])
         except ValueError as exc:
             raise CaseError(source, "model.schedule" if key == "model.schedule" else "model.perceptron", str(exc)) from None
+        _, residual = gradient_residual(p.W, p.U)
+        if check and 1e-12 < residual <= 1e-3:  # (once: the cost estimate builds the model with check=False)
+            log.warning("%s: the perceptron is %.1e (relative) from the gradient form W = U^T diag(w), not the "
+                        "1e-12 the energy needs: its energy column stays empty; write W as the exact products "
+                        "w_i u_i to have one", "model.schedule" if key == "model.schedule" else "model.perceptron",
+                        residual)
     return Terms(d, tuple(out), p)
 
 

@@ -362,3 +362,20 @@ def test_random_layers_keep_one_plan_per_head_slot():
         inner = [v[1] for v in slots.values()]
         velocity(plan, plan, w, t=t)
         assert all(plan._prepared[k][1] is p for k, p in zip(slots, inner))  # reused within the layer
+
+
+def test_a_perceptron_near_the_gradient_form_is_warned_about(caplog, tmp_path):
+    """W typed with 5 digits is 4e-6 from W = U^T diag(w): the energy stays empty, and the run
+    says why once."""
+    import logging
+
+    from meanfield.run import run_case
+
+    case = resolve_case({"domain": {"cells": 32}, "model": {"heads": [], "perceptron": {
+        "U": [[1.0, 0.0], [-0.34202, 0.93969]], "W": [[3.0, -0.71823], [0.0, 1.97334]]}},
+        "solver": {"t_end": 0.1}, "output": {"plots": False}})
+    with caplog.at_level(logging.WARNING, logger="meanfield"):
+        result = run_case(case, out_dir=tmp_path / "o")
+    warnings = [r.getMessage() for r in caplog.records if "gradient form" in r.getMessage()]
+    assert len(warnings) == 1 and "energy column stays empty" in warnings[0]
+    assert result.rows[-1]["energy"] is None

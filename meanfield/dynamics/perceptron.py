@@ -392,13 +392,20 @@ class Perceptron:
         return f"perceptron m={self.m} {self.activation}{form}"
 
 
-def _solve_gradient_weights(W: np.ndarray, U: np.ndarray) -> np.ndarray | None:
-    """``w`` with ``W = U^T diag(w)`` to ``1e-12 max |W|``, else ``None``."""
+def gradient_residual(W: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(w, r)``: the least-squares ``w`` of ``W ~ U^T diag(w)`` (column by column) and the
+    relative residual ``r = max |W - U^T diag(w)| / max |W|`` (0 for ``W = 0``)."""
+    W, U = np.asarray(W, dtype=float), np.asarray(U, dtype=float)
     scale = float(np.abs(W).max())
     if scale == 0.0:
-        return np.zeros(W.shape[1])
+        return np.zeros(W.shape[1]), 0.0
     norms2 = np.einsum("ij,ij->i", U, U)
     dots = np.einsum("ji,ij->i", W, U)  # <W[:, i], u_i>
     w = np.divide(dots, norms2, out=np.zeros_like(dots), where=norms2 > 0)
-    residual = np.abs(W - U.T * w).max()
-    return w if residual <= 1e-12 * scale else None
+    return w, float(np.abs(W - U.T * w).max()) / scale
+
+
+def _solve_gradient_weights(W: np.ndarray, U: np.ndarray) -> np.ndarray | None:
+    """``w`` with ``W = U^T diag(w)`` to ``1e-12 max |W|``, else ``None``."""
+    w, residual = gradient_residual(W, U)
+    return w if residual <= 1e-12 else None
