@@ -377,6 +377,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "`count` heads with iid N(0, std^2) entries of Q, K, V, redrawn for every interval "
                             "`[k interval, (k+1) interval)` from the seed and k, the field their mean; replaces the "
                             "heads (one-head keys, `heads`, `schedule`); a `perceptron` is added."),
+        "noise": Key(real(0.0), 0.0, "noise strength sigma >= 0: particles dx = X dt + sigma dB (B a Brownian motion "
+                     "on the sphere), the PDE d/dt rho + div(rho X) = (sigma^2/2) Lap rho; 0: none."),
     },
     "initial": {
         "kind": Key(choice("uniform", "modes", "vmf", "python", "points"), "uniform", "initial density kind."),

@@ -44,7 +44,8 @@ log = logging.getLogger("meanfield")
 
 
 def build_particles(case: dict, n: int | None = None, seed: int | None = None, source="<case>", dist=None):
-    """``(mesh, system, state)`` for a resolved case; ``n``/``seed`` default to ``[particles]``."""
+    """``(mesh, system, state)`` for a resolved case; ``n``/``seed`` default to ``[particles]``
+    (the seed of the sample and, with ``model.noise``, of the Brownian increments)."""
     mesh = build_mesh(case, source)
     model = build_model(case, mesh.d, source)
     s = case["solver"]
@@ -63,7 +64,8 @@ def build_particles(case: dict, n: int | None = None, seed: int | None = None, s
         raise CaseError(source, "solver.backend", str(exc)) from None
     try:
         system = ParticleSystem(field, integrator=s["integrator"], dt=s["dt"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
-                                dt_max=s["dt_max"], rtol=s["rtol"], atol=s["atol"], max_steps=None)
+                                dt_max=s["dt_max"], rtol=s["rtol"], atol=s["atol"], max_steps=None,
+                                noise=case["model"]["noise"], seed=seed)
     except ValueError as exc:  # a ParticleSettingError names the key to change (solver.max_steps: drive's budget)
         raise CaseError(source, getattr(exc, "key", "solver.integrator"), getattr(exc, "reason", str(exc))) from None
     return mesh, system, ParticleState.create(x, w)
@@ -149,7 +151,9 @@ class ParticleRun:
     def restore(self, arrays: dict, history=()) -> None:
         """Continue from the snapshot ``arrays`` (``t``, ``points``, ``masses``, ``steps``):
         positions and weights become bitwise what they were (the initial sample is not
-        needed). ``history``: the earlier snapshots (for :attr:`snapshots`)."""
+        needed), and the step count, which keys the noise of the next steps
+        (:func:`~meanfield.particles.system.noise_normals`): a noisy run continues its path.
+        ``history``: the earlier snapshots (for :attr:`snapshots`)."""
         st = self.state
         st.t = float(arrays["t"])
         st.x = np.array(arrays["points"], dtype=np.float64, order="C", copy=True)
@@ -205,6 +209,8 @@ class ParticleRun:
         "dt_max": ("solver.dt_max", "a larger solver.dt_max, or raise solver.max_steps"),
         "dt": ("solver.dt", "a larger solver.dt, or raise solver.max_steps"),
         "error": ("solver.rtol", "a looser solver.rtol/solver.atol, or raise solver.max_steps"),
+        "noise": ("model.noise", "a smaller model.noise or a larger solver.cfl (no particle diffuses more than cfl "
+                  "kernel widths per step: dt <= (cfl ell)^2 / ((d-1) sigma^2)), or raise solver.max_steps"),
     }
 
     def stall_hint(self) -> str:

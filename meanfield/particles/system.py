@@ -87,6 +87,35 @@ whose field scales with the total mass).
 
 MPI: the integrator touches only whole arrays, never the communicator; a distributed
 backend splits the targets of each ``field(x, x, w)`` call and returns the full result.
+
+Noise (``model.noise = sigma > 0``): Brownian tokens ``dx_i = X[mu_n](t, x_i) dt + sigma dB_i``
+with ``B_i`` independent Brownian motions on S^{d-1} (generator ``(sigma^2/2)`` Laplace--Beltrami).
+A step of a fixed-step integrator becomes the Strang splitting
+
+    x <- B(h/2) A(dt) B(h/2) x,       h = sigma^2 dt,
+
+``A(dt)`` the deterministic step of the integrator (all particles together, the field at
+the post-noise points) and ``B(s)`` an independent Brownian step of every token
+(:func:`brownian_step`): ``exp_x(c(s) sqrt(s) P_x g)``, ``g ~ N(0, I_d)`` (so ``P_x g`` is a
+standard normal of the tangent plane), with ``c(s) = 1 - (d-2) s / 12`` (at least 1/2). On
+S^1 (``c = 1``) it is exact in law (the wrapped normal angle); on S^{d-1}, d >= 3, the
+correction ``c`` makes ``E r^2`` of the geodesic distance exact to ``O(s^3)``
+(``(d-1) s - (d-1)(d-2) s^2 / 6``), so the step is of weak order 2 (the plain geodesic random
+walk, ``c = 1``, is of weak order 1). The Itô drift ``-(d-1) sigma^2/2 x`` of the ambient
+equation is not added: the step is on the sphere, and its mean ``x E cos r = x (1 - (d-1) s / 2
++ ...)`` is that drift (adding it to a renormalized step would count it twice). Weak order:
+2 with ``rk4`` (Strang splitting of two weak-order-2 parts), 1 with ``euler`` and
+``euler_tangent``; docs/particles.md has the measurements. The error-controlled ``dopri5`` and
+``bs32`` have no error estimate for a random path and are refused (naming
+``solver.integrator``). The automatic step also keeps the Brownian displacement of a step,
+``sqrt((d-1) sigma^2 dt)`` in RMS, below ``cfl`` kernel widths:
+``dt <= (cfl ell)^2 / ((d-1) sigma^2)``.
+
+The normals of step k come from ``numpy.random.default_rng([seed, NOISE_STREAM, k])``
+(:func:`noise_normals`), all particles at once: every MPI rank (which holds all positions)
+draws the same ones, so the path does not depend on the number of ranks, and a run
+restarted at step k (the step count is in every snapshot) continues the same path with no
+generator state to save.
 """
 
 from __future__ import annotations
@@ -109,8 +138,11 @@ __all__ = [
     "ParticleSettingError",
     "ParticleState",
     "ParticleSystem",
+    "brownian_scale",
+    "brownian_step",
     "evolve",
     "max_row_norm",
+    "noise_normals",
     "register_integrator",
     "retract",
 ]
@@ -123,6 +155,46 @@ _FIX = "for USA at large beta use model.shift = true (a rescaling of time), SA, 
 def retract(y: np.ndarray) -> np.ndarray:
     """Every row of ``y`` divided by its norm: the projection retraction onto the sphere."""
     return y / np.linalg.norm(y, axis=-1, keepdims=True)
+
+
+#: The stream tag of the noise: step k of a run with seed s draws from
+#: ``default_rng([s, NOISE_STREAM, k])`` (the initial sample draws from ``default_rng(s)``).
+NOISE_STREAM = 0x4E015E
+
+
+def brownian_scale(s: float, d: int) -> float:
+    """The factor ``c(s) = max(1/2, 1 - (d - 2) s / 12)`` of the geodesic distance of
+    :func:`brownian_step` on S^{d-1} (1 on the circle): with it ``E r^2 = (d-1) s c^2`` is the
+    exact ``(d-1) s - (d-1)(d-2) s^2 / 6`` to ``O(s^3)``."""
+    return max(0.5, 1.0 - (d - 2) * s / 12.0)
+
+
+def brownian_step(x: np.ndarray, s: float, g: np.ndarray) -> np.ndarray:
+    """One Brownian step of time ``s`` (generator ``Lap / 2``, so ``s = sigma^2 dt``) of every
+    row of ``x (n, d)`` (unit rows), from the standard normals ``g (n, d)``.
+
+    The point ``exp_x(a P_x g) = cos(r) x + sin(r) P_x g / |P_x g|`` with ``a = c(s) sqrt(s)``
+    (:func:`brownian_scale`) and ``r = a |P_x g|``: an isotropic step whose geodesic length
+    ``r`` is ``a`` times a chi variable with d - 1 degrees of freedom. Exact in law on the
+    circle, of weak order 2 on S^{d-1} (docs/particles.md), on the sphere to round-off.
+    """
+    v = g - np.einsum("ij,ij->i", g, x)[:, None] * x
+    a = brownian_scale(s, x.shape[1]) * math.sqrt(s)
+    size = np.sqrt(np.einsum("ij,ij->i", v, v))  # |P_x g|
+    r = a * size
+    coeff = np.divide(np.sin(r), size, out=np.full_like(r, a), where=size > 0)  # (the limit a at P_x g = 0)
+    y = np.cos(r)[:, None] * x
+    y += coeff[:, None] * v
+    y /= np.sqrt(np.einsum("ij,ij->i", y, y))[:, None]  # |y| = 1 + O(eps): the rounding removed
+    return y
+
+
+def noise_normals(seed: int, step: int, n: int, d: int) -> np.ndarray:
+    """The standard normals ``(n, 2, d)`` of step ``step`` (the two Brownian half steps of
+    every particle, particle i in row i, so its draws do not depend on n either), from
+    ``numpy.random.default_rng([seed, NOISE_STREAM, step])``: a function of the seed and the
+    step index alone."""
+    return np.random.default_rng([int(seed), NOISE_STREAM, int(step)]).standard_normal((n, 2, d))
 
 
 @dataclass(frozen=True)
@@ -355,13 +427,22 @@ class ParticleSystem(Stepper):
         the steps done plus those predicted to ``t_end`` (default: the furthest finite
         ``t_limit`` of a step) exceed ``max_steps`` (``None``: no limit; the CLI passes
         ``None``, its time loop keeps the budget).
+    noise : float
+        ``sigma >= 0``: Brownian tokens ``dx = X dt + sigma dB`` (the Strang splitting of the
+        module docstring; needs a fixed-step integrator, ``None`` then means ``"rk4"``).
+    seed : int
+        Seed of the noise (``particles.seed``): step k draws :func:`noise_normals` ``(seed, k)``.
     """
 
     def __init__(self, field: AttentionField, integrator: str | None = None, dt="auto", cfl: float = 0.4,
                  rate_cfl: float = 0.1, dt_max: float = math.inf, rtol: float = 1e-8, atol: float = 1e-10,
-                 max_steps: int | None = 1_000_000, t_end: float | None = None):
+                 max_steps: int | None = 1_000_000, t_end: float | None = None, noise: float = 0.0, seed: int = 0):
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
+            raise ParticleSettingError("model.noise", f"must be a finite number >= 0, got {noise!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         if integrator is None:
-            integrator = "dopri5" if dt == "auto" else "rk4"
+            integrator = "dopri5" if dt == "auto" and not noise else "rk4"
         if integrator not in INTEGRATORS:
             raise ValueError(f"unknown integrator {integrator!r}; choose one of {sorted(INTEGRATORS)}")
         if dt != "auto":
@@ -383,6 +464,12 @@ class ParticleSystem(Stepper):
         self.velocity_field = self.field.velocity  # the time scales and switch times
         self.model = field.model
         self.integrator = INTEGRATORS[integrator]
+        if self.integrator.adaptive and noise > 0:
+            raise ParticleSettingError(
+                "solver.integrator", f"\"{integrator}\" controls its steps by an error estimate, which a random path "
+                f"does not have (model.noise = {noise:g} > 0): take a fixed-step integrator, solver.integrator = "
+                f"\"rk4\" (weak order 2 with the noise; solver.dt a number or \"auto\"), or \"euler\" / "
+                f"\"euler_tangent\" (weak order 1)")
         if self.integrator.adaptive and dt != "auto":
             raise ParticleSettingError(
                 "solver.dt", f"{dt:g} is a fixed step, but solver.integrator = \"{integrator}\" chooses its own "
@@ -403,6 +490,8 @@ class ParticleSystem(Stepper):
         self.rtol, self.atol = float(rtol), float(atol)
         self.max_steps = None if max_steps is None else int(max_steps)
         self.t_end = None if t_end is None else float(t_end)
+        #: sigma of the Brownian noise (0: none) and the seed of its normals
+        self.noise, self.seed = float(noise), int(seed)
         self._budget = None  # the progress guarantee of meanfield.run.drive, for runs driven from Python
         self._t = 0.0  # the start of the current step: the terms acting during it
         self.rate, self.length = self.time_scales(0.0)
@@ -411,15 +500,23 @@ class ParticleSystem(Stepper):
         self._h_next = None  # the controller's next trial step (None: from the automatic rule)
         self._fsal = None  # (x, weights, v, a, segment) of the last accepted step's end point
 
+    @property
+    def weak_order(self) -> int:
+        """The weak order of the noisy scheme: 2 for ``rk4`` (Strang splitting with the
+        weak-order-2 Brownian step), 1 for the Euler schemes."""
+        return min(2, self.integrator.order)
+
     def describe(self) -> str:
         """The integrator and its step settings, in words."""
         name = self.integrator.name
         if self.integrator.adaptive:
             cap = f", dt_max={self.dt_max:g}" if math.isfinite(self.dt_max) else ""
             return f"{name} (error controlled: rtol={self.rtol:g}, atol={self.atol:g}{cap})"
-        if self.dt == "auto":
-            return f"{name}, automatic step"
-        return f"{name}, dt={self.dt:g}"
+        step = "automatic step" if self.dt == "auto" else f"dt={self.dt:g}"
+        if self.noise > 0:
+            return (f"{name}, {step}, noise sigma={self.noise:g} (Strang splitting with Brownian steps, weak order "
+                    f"{self.weak_order}, seed {self.seed})")
+        return f"{name}, {step}"
 
     def time_scales(self, t: float) -> tuple[float, float]:
         """``(rate, length)`` of the terms acting at ``t``: the rate bound over the modes up to
@@ -468,7 +565,8 @@ class ParticleSystem(Stepper):
 
     def _auto_rule(self, v, a):
         """``(dt, what sets it)``: ``"rate"`` (``rate_cfl`` over the larger of the rate bound
-        and the local rate) or ``"cfl"``."""
+        and the local rate), ``"cfl"`` or, with noise, ``"noise"`` (the RMS Brownian
+        displacement ``sqrt((d-1) sigma^2 dt)`` of a step at most ``cfl`` kernel widths)."""
         vmax = max_row_norm(v)
         local = self.local_rate(a) if a is not None else 0.0
         rate = max(self.rate, local)
@@ -478,6 +576,10 @@ class ParticleSystem(Stepper):
         dt, what = self.rate_cfl / rate, "rate"
         if vmax > 0 and self.cfl * self.length / vmax < dt:
             dt, what = self.cfl * self.length / vmax, "cfl"
+        if self.noise > 0:
+            diffusive = (self.cfl * self.length) ** 2 / ((v.shape[1] - 1) * self.noise ** 2)
+            if diffusive < dt:
+                dt, what = diffusive, "noise"
         if not (dt > 0 and math.isfinite(dt)):
             raise StalledRunError(f"the automatic step is {dt:.3g} (speeds up to {vmax:.3g}, rate {rate:.3g}): "
                                   f"the run cannot advance; {_FIX}")
@@ -486,7 +588,7 @@ class ParticleSystem(Stepper):
     def proposed_step(self, state: ParticleState) -> tuple[float, str]:
         """``(dt, what sets it)`` of the next step from ``state`` (before it is shortened
         to land on an output time): ``"dt"`` (a fixed ``solver.dt``), ``"dt_max"``,
-        ``"rate"`` or ``"cfl"`` (the automatic rule; for the error-controlled integrators
+        ``"rate"``, ``"cfl"`` or ``"noise"`` (the automatic rule; for the error-controlled integrators
         the first trial step, which the error control then adapts)."""
         if self.dt != "auto":
             return (self.dt, "dt") if self.dt <= self.dt_max else (self.dt_max, "dt_max")
@@ -539,6 +641,8 @@ class ParticleSystem(Stepper):
         segment = self.velocity_field.model.segment(state.t)
         if fsal is not None and fsal[0] is state.x and fsal[1] is w and fsal[4] == segment:
             v0, a0 = fsal[2], fsal[3]
+        elif self.noise > 0 and self.dt != "auto":
+            v0 = a0 = None  # the field is needed only after the first Brownian half step
         else:
             v0, a0 = self._evaluate(state.x, w, average)
         self._fsal = None
@@ -548,12 +652,27 @@ class ParticleSystem(Stepper):
         dt = min(dt, self.dt_max)
         dt = self.clip_step(state.t, dt, t_limit)
         self._check_step(state, dt)
-        x = integ.step(rhs, state.x, dt, a0 if integ.unprojected else v0)
+        if self.noise > 0:
+            x = self._noisy_step(state, dt, rhs)
+        else:
+            x = integ.step(rhs, state.x, dt, a0 if integ.unprojected else v0)
         if not np.all(np.isfinite(x)):
             raise NonFiniteStateError(f"t={state.t + dt:.6g}: a particle position became non-finite")
         state.x = x
         self._finish(state, dt, t_limit)
         return dt
+
+    def _noisy_step(self, state, dt: float, rhs) -> np.ndarray:
+        """``B(h/2) A(dt) B(h/2) x`` (``h = sigma^2 dt``): a Brownian half step, the
+        integrator's step from there, a Brownian half step, with the normals of step
+        ``state.steps`` (:func:`noise_normals`)."""
+        integ = self.integrator
+        g = noise_normals(self.seed, state.steps, state.n, state.d)
+        half = 0.5 * self.noise ** 2 * dt
+        x = brownian_step(state.x, half, np.ascontiguousarray(g[:, 0]))
+        v, a = self._evaluate(x, state.weights, integ.unprojected)
+        x = integ.step(rhs, x, dt, a if integ.unprojected else v)
+        return brownian_step(x, half, np.ascontiguousarray(g[:, 1]))
 
     def error_norm(self, x: np.ndarray, x_new: np.ndarray, err: np.ndarray) -> float:
         """solve_ivp's error measure: the RMS over all coordinates of
@@ -612,11 +731,13 @@ class ParticleSystem(Stepper):
 
 def evolve(field: AttentionField, points, t_end: float, weights=None, *, integrator: str | None = None, dt="auto",
            cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, rtol: float = 1e-8,
-           atol: float = 1e-10, max_steps: int | None = 1_000_000, t0: float = 0.0, callback=None) -> ParticleState:
+           atol: float = 1e-10, max_steps: int | None = 1_000_000, t0: float = 0.0, callback=None,
+           noise: float = 0.0, seed: int = 0) -> ParticleState:
     """Evolve particles from ``points (n, d)`` (weights default ``1/n``) to ``t_end``.
 
-    ``integrator=None``: ``"dopri5"`` with ``dt="auto"``, ``"rk4"`` with a fixed ``dt``
-    (see :class:`ParticleSystem`). ``callback(state, dt)`` is called after every step
+    ``integrator=None``: ``"dopri5"`` with ``dt="auto"``, ``"rk4"`` with a fixed ``dt`` or
+    with ``noise > 0`` (Brownian tokens of strength ``noise``, normals seeded by ``seed``;
+    see :class:`ParticleSystem`). ``callback(state, dt)`` is called after every step
     (``state`` is updated in place; copy ``state.x`` to keep it). Returns the final
     :class:`ParticleState`.
 
@@ -630,5 +751,5 @@ def evolve(field: AttentionField, points, t_end: float, weights=None, *, integra
     """
     state = ParticleState.create(points, weights, t=t0)
     system = ParticleSystem(field, integrator=integrator, dt=dt, cfl=cfl, rate_cfl=rate_cfl, dt_max=dt_max,
-                            rtol=rtol, atol=atol, max_steps=max_steps, t_end=t_end)
+                            rtol=rtol, atol=atol, max_steps=max_steps, t_end=t_end, noise=noise, seed=seed)
     return system.advance(state, float(t_end), callback)
