@@ -60,7 +60,9 @@ __all__ = [
     "load_icosahedral",
     "load_icosahedral_arrays",
     "load_mesh",
+    "latitude_longitude",
     "parse_mesh_spec",
+    "perturbed_icosahedral",
     "read_surface",
     "refine",
 ]
@@ -749,6 +751,50 @@ def icosahedral(level: int, edge_points: int = 1, check: bool = False) -> Sphere
     mesh = SphereMesh(v, t, edge_points=edge_points, check=check)
     mesh.icosahedral_level = level
     return mesh
+
+
+def perturbed_icosahedral(level: int, amplitude: float = 0.3, seed: int = 0, edge_points: int = 1) -> SphereMesh:
+    """The icosahedral mesh of ``level`` with every vertex moved tangentially by up to
+    ``amplitude`` times the mean edge length ``h`` (uniform direction, distance
+    ``amplitude h sqrt(U)``, seeded) and projected back onto the sphere: a user-like mesh
+    with no structure (non-nested levels, obtuse and non-Delaunay triangles; at
+    ``amplitude = 0.3`` and ``seed = level``, levels 2-5 have 1.3-1.9 % of their edges
+    non-Delaunay and angles of 18-138 degrees). For tests of discretizations that must not
+    rely on the regularity of the icosahedral meshes."""
+    v, t = load_icosahedral_arrays(level)
+    a, b = v[t[:, 0]], v[t[:, 1]]  # the first edge of every triangle: a sample of the edges
+    h = float(np.mean(np.arccos(np.clip(np.sum(a * b, axis=1), -1.0, 1.0))))
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=v.shape)
+    g -= np.sum(g * v, axis=1, keepdims=True) * v
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    r = float(amplitude) * h * np.sqrt(rng.uniform(size=(v.shape[0], 1)))
+    return SphereMesh(_unit_rows(v + r * g), t, edge_points=edge_points, check=True)
+
+
+def latitude_longitude(n_lat: int, n_lon: int, edge_points: int = 1) -> SphereMesh:
+    """The "UV sphere" most surface tools write: ``n_lat`` bands of equal polar angle, ``n_lon``
+    of equal longitude, quads split into two triangles, a fan at each pole (cells of aspect
+    ratio about ``n_lon / pi`` there). A user mesh that is not shape regular under
+    refinement."""
+    if n_lat < 2 or n_lon < 3:
+        raise MeshError(f"a latitude-longitude mesh needs n_lat >= 2 and n_lon >= 3, got {n_lat}, {n_lon}")
+    polar = np.pi * np.arange(1, n_lat) / n_lat
+    lon = 2 * np.pi * np.arange(n_lon) / n_lon
+    ring = np.stack([np.outer(np.sin(polar), np.cos(lon)), np.outer(np.sin(polar), np.sin(lon)),
+                     np.outer(np.cos(polar), np.ones(n_lon))], axis=-1).reshape(-1, 3)
+    v = np.concatenate([[[0.0, 0.0, 1.0]], ring, [[0.0, 0.0, -1.0]]])
+    south = v.shape[0] - 1
+    j = np.arange(n_lon)
+    k = (j + 1) % n_lon
+    tris = [np.stack([np.zeros(n_lon, dtype=np.int64), 1 + j, 1 + k], axis=1)]
+    for i in range(n_lat - 2):
+        top, bot = 1 + i * n_lon, 1 + (i + 1) * n_lon
+        tris.append(np.stack([top + j, bot + j, bot + k], axis=1))
+        tris.append(np.stack([top + j, bot + k, top + k], axis=1))
+    last = 1 + (n_lat - 2) * n_lon
+    tris.append(np.stack([last + j, np.full(n_lon, south), last + k], axis=1))
+    return SphereMesh(v, np.concatenate(tris), edge_points=edge_points, check=True)
 
 
 # ---------------------------------------------------------------------------------------
