@@ -169,8 +169,6 @@ def build_model(case: dict, d: int, source="<case>", check: bool = True) -> Velo
 
 def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation, State]:
     """The simulation and its initial state for a resolved case."""
-    if case["model"].get("noise", 0.0) > 0:  # (until meanfield/pde/diffusion.py carries it)
-        raise CaseError(source, "model.noise", "the PDE does not carry noise yet; use meanfield particles")
     mesh = build_mesh(case, source)
     model = build_model(case, mesh.d, source)
     s = case["solver"]
@@ -184,7 +182,7 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
                             "attention head; for several heads, a perceptron or parameters that change in time use "
                             "\"muscl\"")
         try:
-            sim = SpectralCircleSimulation(mesh, model.single_head, dt_max=s["dt_max"])
+            sim = SpectralCircleSimulation(mesh, model.single_head, dt_max=s["dt_max"], noise=case["model"]["noise"])
         except ValueError as exc:
             raise CaseError(source, "solver.scheme", str(exc)) from None
         # the spectral state holds point values at the grid points, not cell averages
@@ -194,7 +192,7 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
     try:
         sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
                          dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist,
-                         integrator=INTEGRATORS[s["time_integrator"]])
+                         integrator=INTEGRATORS[s["time_integrator"]], noise=case["model"]["noise"])
     except ValueError as exc:
         raise CaseError(source, "solver.backend", str(exc)) from None
     try:

@@ -185,9 +185,9 @@ class Velocity:
                     out = v if weight == 1.0 else weight * v
                 else:
                     out += v if weight == 1.0 else weight * v
-        if layer.perceptron is not None:
-            p = layer.perceptron(np.asarray(as_points(targets), dtype=float), project=project)
-            out = p if out is None else out + p
+            if layer.perceptron is not None:
+                p = layer.perceptron(np.asarray(as_points(targets), dtype=float), project=project)
+                out = p if out is None else out + p
         if out is None:
             out = np.zeros(np.shape(as_points(targets)), dtype=float)
         return out

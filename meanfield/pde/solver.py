@@ -113,7 +113,7 @@ class Simulation(Stepper):
 
     def __init__(self, mesh: Mesh, model, scheme: str = "muscl", field=None, backend: str = "auto",
                  cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, integrator: SSPRK = SSPRK3,
-                 tolerance: float = 1e-10, dist=None):
+                 tolerance: float = 1e-10, dist=None, noise: float = 0.0):
         dynamics = as_velocity_model(model)
         if mesh.d != dynamics.d:
             raise ValueError(f"model is for d = {dynamics.d} but the mesh lives in R^{mesh.d}")
@@ -139,6 +139,18 @@ class Simulation(Stepper):
         self.integrator = integrator
         self.rate = self.rate_at(0.0)
         self.rejected = 0
+        if not (math.isfinite(noise) and noise >= 0):
+            raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+        self.noise = float(noise)
+        #: the diffusion (sigma^2 / 2) Lap_S (:class:`~meanfield.pde.diffusion.Diffusion`), or None
+        self.diffusion = None
+        if self.noise > 0:
+            from .diffusion import Diffusion
+
+            # one exact factorization per step size of the ladder (reuse=1: no Krylov solves with a
+            # neighbour's factorization, whose choice would depend on the history of the run and
+            # break bitwise restarts); the steps take few distinct sizes (LADDER)
+            self.diffusion = Diffusion(mesh, 0.5 * self.noise**2, reuse=1.0, max_factorizations=4)
 
     def rate_at(self, t: float) -> float:
         """The largest growth rate of the terms acting at ``t`` over the harmonic degrees the
@@ -161,6 +173,8 @@ class Simulation(Stepper):
         un = stage0[1]
         self.rate = self.rate_at(t)
         dt = min(self.cfl * self.integrator.ssp_coefficient * self.fv.cfl_dt(un), self.rate_cfl / self.rate, self.dt_max)
+        if self.diffusion is not None:
+            return self._split_step(state, dt, t_limit)
         dt = self.clip_step(state.t, dt, t_limit)
         if self.partition is None:
             def operator(u):
@@ -184,6 +198,59 @@ class Simulation(Stepper):
             raise NonFiniteStateError(f"t={state.t:.6g}: no admissible step found (dt fell to {dt:.3e})")
         if self.partition is not None:
             rho = self.partition.gather(rho)
+        self._accept(state, rho, dt, t_limit)
+        return dt
+
+    #: Diffusion steps are rounded down to this ladder (2^(k/4)), so that a run factorizes the
+    #: implicit diffusion matrix for a few step sizes only (plus the steps that land on output
+    #: and switch times).
+    LADDER = 4
+
+    def _split_step(self, state: State, dt: float, t_limit: float) -> float:
+        """Strang splitting with noise: half a diffusion step (implicit, :class:`Diffusion`), the
+        transport step of the integrator, half a diffusion step. Second order in time (the
+        diffusion's SDIRK2 and the splitting); mass kept to round-off, densities kept >= 0
+        (the transport's positivity check, the diffusion's limited implicit step)."""
+        t = state.t
+        if math.isfinite(dt) and dt > 0:
+            dt = 2.0 ** (math.floor(self.LADDER * math.log2(dt)) / self.LADDER)
+        dt = self.clip_step(t, dt, t_limit)
+        for _ in range(30):
+            half = self._diffuse(state.rho, 0.5 * dt)
+            stage0 = self.fv.rhs(half, t=t)
+            allowed = self.cfl * self.integrator.ssp_coefficient * self.fv.cfl_dt(stage0[1])
+            if dt > allowed:  # the diffused state moves faster: a smaller step (on the ladder)
+                self.rejected += 1
+                dt = 2.0 ** (math.floor(self.LADDER * math.log2(0.99 * allowed)) / self.LADDER)
+                continue
+            try:
+                rho = self._transport(half, dt, t, stage0)
+                break
+            except StepRejected as rej:
+                self.rejected += 1
+                dt = 2.0 ** (math.floor(self.LADDER * math.log2(0.9 * rej.dt_allowed)) / self.LADDER)
+        else:
+            raise NonFiniteStateError(f"t={t:.6g}: no admissible step found (dt fell to {dt:.3e})")
+        rho = self._diffuse(rho, 0.5 * dt)
+        self._accept(state, rho, dt, t_limit)
+        return dt
+
+    def _diffuse(self, rho: np.ndarray, tau: float) -> np.ndarray:
+        out = self.diffusion.implicit_step(rho, tau)
+        if not np.all(np.isfinite(out)):
+            raise NonFiniteStateError("the implicit diffusion step is not finite")
+        return out
+
+    def _transport(self, rho: np.ndarray, dt: float, t: float, stage0) -> np.ndarray:
+        """One transport step of the integrator from the whole density ``rho`` (raises
+        :class:`StepRejected`); returns the whole new density."""
+        if self.partition is None:
+            return self.integrator.step(lambda u: self.fv.rhs(u, t=t), rho, dt, stage0=stage0)
+        part = self.partition
+        new = self.integrator.step(lambda u: self.fv.rhs(part.gather(u), t=t), rho[part.cells], dt, stage0=stage0)
+        return part.gather(new)
+
+    def _accept(self, state: State, rho: np.ndarray, dt: float, t_limit: float) -> None:
         if not np.all(np.isfinite(rho)):
             raise NonFiniteStateError(f"t={state.t + dt:.6g}: the density became non-finite")
         low = rho.min()
@@ -193,7 +260,6 @@ class Simulation(Stepper):
             rho = np.maximum(rho, 0.0)  # round-off at an emptied cell
         state.rho = rho
         self.finish_step(state, dt, t_limit)
-        return dt
 
     def velocity(self, rho: np.ndarray, t: float = 0.0) -> np.ndarray:
         """The field X(t) at cell centres for the density ``rho``."""
