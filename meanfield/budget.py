@@ -248,6 +248,31 @@ def _segments(case: dict, d: int) -> list[list]:
     return [[h.attention for h in terms.heads if h.weight] for terms in model.all_terms()]
 
 
+#: Factorizations the noise's implicit diffusion keeps (``Simulation``: ``max_factorizations``).
+DIFFUSION_FACTORIZATIONS = 4
+
+
+def _diffusion_bytes(manifold: str, n: int) -> float:
+    """Memory of the implicit diffusion (``model.noise > 0``): the kept LU factors and the
+    operators. LU fill measured (``benchmarks/bench_diffusion.py``, nested dissection): 109,
+    148, 186, 220 entries per cell on icosahedral levels 3..6 (+18.5 per doubling of the
+    cells), 6 on the circle; 12 bytes per entry (value and index); the flux operators hold
+    10 entries per edge (sphere), and SuperLU's workspace about one more factor."""
+    n = float(n)
+    if manifold == "circle":
+        per_cell = 6.0
+        operators = 3 * 3 * 12.0 * n
+    else:
+        per_cell = max(60.0, 109.0 + 18.5 * (math.log2(max(n, 2.0)) - math.log2(1280.0)))
+        operators = 2 * 10 * 1.5 * 12.0 * n + 2 * 10 * 12.0 * n  # fluxes (E = 1.5 N), matrices
+    return (DIFFUSION_FACTORIZATIONS + 1) * 12.0 * per_cell * n + operators
+
+
+#: Seconds per cell of one SDIRK2 diffusion step (two solves; measured 0.41, 2.4, 13, 92 ms on
+#: icosahedral levels 3..6: about 1.1e-6 s per cell at level 6; 7.7e-8 s on the circle).
+DIFFUSION_STEP_SECONDS = {"sphere": 1.1e-6, "circle": 8e-8}
+
+
 def _heads_choice(segments, backend: str, tolerance: float, n_targets: int, n_sources: int):
     """``(name, pair cost of one call, extra bytes)`` of the velocity: the dearest interval's
     summed head costs, and the extra bytes of every head backend (all are built up front)."""
@@ -463,6 +488,7 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
     snaps = _snapshots(case)
     s = case["solver"]
     segments = _segments(case, d)
+    noise = case["model"].get("noise", 0.0) > 0
     model = next((h for heads in segments for h in heads), None)  # the energy's cost: the first head's
     pictures = bool(case["output"].get("plots", True))
     circle_spectral = manifold == "circle" and s["scheme"] == "spectral"
@@ -474,6 +500,8 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
             name, cost, extra = "Fourier pseudo-spectral", 60.0 * nc * math.log2(max(nc, 2)), 0.0
         else:
             name, cost, extra = _heads_choice(segments, s["backend"], s["tolerance"], ne * q, nc)
+            if noise:
+                extra += _diffusion_bytes(manifold, nc)
         phases = _pde_phases(manifold, nc, q, nq, d, "spectral" if circle_spectral else name, extra, snaps, ranks,
                              pictures)
         return phases, name, cost
@@ -531,6 +559,8 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
             seconds = 4 * (cost * PAIR_SECONDS + fv_seconds) / ranks
         else:
             seconds = stages * (cost * PAIR_SECONDS + fv_seconds + 1e-3) / ranks
+            if noise:  # one more transport stage (Strang), two half diffusion steps on every rank
+                seconds += (cost * PAIR_SECONDS + fv_seconds) / ranks + 2 * DIFFUSION_STEP_SECONDS[manifold] * n_cells
         snap_seconds = (cost / max(n_points, 1) * n_cells * PAIR_SECONDS + _energy_seconds(model, n_cells)
                         + 3e-7 * n_cells * (3 if manifold == "sphere" else 1))
     if kind in ("particles", "compare"):

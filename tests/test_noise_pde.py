@@ -180,3 +180,21 @@ def test_restart_with_noise_is_bitwise(capsys, tmp_path, manifold):
     assert main(["run", str(path), "--restart", str(tmp_path / "part"), "--quiet"]) == 0
     a, b = np.load(tmp_path / "full" / "final.npz"), np.load(tmp_path / "part" / "final.npz")
     assert np.array_equal(a["density"], b["density"])
+
+
+def test_the_memory_estimate_counts_the_diffusion_factorizations():
+    """Noise keeps up to 4 LU factors of the implicit diffusion (220 MB each at level 6,
+    measured fill): the estimate grows with them, and a mesh that fits without noise can be
+    refused with it."""
+    from meanfield import budget
+
+    base = {"domain": {"manifold": "sphere", "mesh": "icosahedral:6"}, "output": {"plots": False}}
+    quiet = budget.estimate(resolve_case(base), "run")
+    noisy = budget.estimate(resolve_case({**base, "model": {"noise": 0.2}}), "run")
+    extra = noisy.memory - quiet.memory
+    assert 0.8e9 <= extra <= 2.0e9, extra  # 5 factors of 1.8e7 entries x 12 bytes, and the operators
+    assert noisy.seconds_per_step > quiet.seconds_per_step
+    with pytest.raises(CaseError) as info:
+        budget.check(noisy, quiet.memory + 0.5 * extra)
+    assert info.value.key == "domain.mesh"
+    budget.check(quiet, quiet.memory + 0.5 * extra)
