@@ -116,10 +116,38 @@ class SphereSpectralField(SpectralField):
 
     def _split(self, plan, fallback, out, err, sources, weights, project) -> np.ndarray:
         """SA targets ``fallback`` (a mask of ``plan``'s points) whose transformed field missed
-        the tolerance: recompute what a backend can more cheaply than the direct sums (``out``
-        in place, ``last_split_count``) and return the mask of those still left to
-        :class:`~meanfield.fields.attention.DirectField`. Here: none recomputed."""
-        return fallback
+        the tolerance, recomputed by the split: the heaviest sources summed directly, the light
+        rest transformed from its own moments (:func:`~meanfield.fields.sphere_transforms.split_sources`
+        picks them; :meth:`_split_field` evaluates). ``out`` is updated in place for the targets
+        now within the tolerance (``last_split_count``); returns the mask of those still left to
+        :class:`~meanfield.fields.attention.DirectField` (all of them when the split would not
+        pay: ``_split_cost`` is ``None`` for a backend without a split)."""
+        from .sphere_transforms import split_sources
+
+        y, w = check_sources(self.model, as_points(sources), weights)
+        keep = w > 0
+        y, w = y[keep], w[keep]
+        F = np.flatnonzero(fallback)
+        cost = self._split_cost(F.size, w.size)
+        picked = None if cost is None else split_sources(w, err[F], self.tolerance, cost)
+        if picked is None:
+            return fallback
+        got, new_err = self._split_field(plan, F, y, w, *picked, project)
+        ok = new_err <= self.tolerance
+        out[F[ok]] = got[ok]
+        self.last_split_count = int(ok.sum())
+        rest = fallback.copy()
+        rest[F[ok]] = False
+        return rest
+
+    def _split_cost(self, n_targets: int, n_sources: int) -> float | None:
+        """The cost (pair evaluations) of this backend's transforms for the split, ``None``: no split."""
+        return None
+
+    def _split_field(self, plan, F, y, w, light, heavy, w_light, project):  # pragma: no cover - abstract
+        """``(field, error estimate)`` at the targets ``F`` of ``plan`` from the light sources
+        (transformed) and the heavy ones (summed directly)."""
+        raise NotImplementedError
 
     def evaluate(self, targets, coeffs, sources=None, weights=None, project: bool = True) -> np.ndarray:
         """The field at ``targets`` from the :meth:`coefficients` of the whole measure.

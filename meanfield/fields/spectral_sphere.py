@@ -119,11 +119,11 @@ import math
 
 import numpy as np
 
-from .attention import USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError, check_sources
+from .attention import USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError
 from .plans import as_points
 from .spectral import SphereSpectralField
 from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TINY_B, nufft_epsilon, plan_angles, plan_frame,
-                                point_angles, scaled_in, spectral_lmax, split_sources, tails)
+                                point_angles, scaled_in, spectral_lmax, tails)
 
 __all__ = ["SpectralSphereField", "spectral_cost", "spectral_lmax"]
 
@@ -444,25 +444,17 @@ class SpectralSphereField(SphereSpectralField):
         return out, err
 
     # -- the SA split: heavy sources summed directly, the light rest transformed -------------
-    def _split(self, plan, fallback, out, err, sources, weights, project) -> np.ndarray:
-        """The SA targets the transforms could not resolve to the tolerance, recomputed as
-        ``(Phi_h + Phi_l, grad_h + grad_l, D_h + D_l)``: the heaviest sources summed directly
-        (exact), the light rest, of total weight ``W_l``, transformed (errors ``eta B_l +
-        W_l tau`` with ``B_l <~ W_l``: small against ``Phi`` where the whole measure's were
-        not). ``W_l`` is chosen from the worst resolved estimate, which scales with the mass
-        left to the transforms; targets whose new estimate still exceeds the tolerance, and
-        all of them when the split would cost more than half the direct sums, stay in the
-        returned mask (the direct fallback). Updates ``out`` and ``last_split_count``."""
+    def _split_cost(self, n_targets, n_sources):
+        return spectral_cost(self.model, n_targets, n_sources, self.tolerance)
+
+    def _split_field(self, plan, F, y, w, light, heavy, w_light, project):
+        """The split of :meth:`SphereSpectralField._split
+        <meanfield.fields.spectral.SphereSpectralField._split>` here:
+        ``(Phi_h + Phi_l, grad_h + grad_l, D_h + D_l)`` with the heavy sums exact and the light
+        part transformed (errors ``eta B_l + W_l tau`` with ``B_l <~ W_l``: small against
+        ``Phi`` where the whole measure's were not)."""
         from ducc0.sht.experimental import adjoint_synthesis_general
 
-        y, w = check_sources(self.model, as_points(sources), weights)
-        keep = w > 0
-        y, w = y[keep], w[keep]
-        F = np.flatnonzero(fallback)
-        picked = split_sources(w, err[F], self.tolerance, spectral_cost(self.model, F.size, w.size, self.tolerance))
-        if picked is None:
-            return fallback
-        light, heavy, w_light = picked
         alm = adjoint_synthesis_general(map=w[light][None, :], spin=0, lmax=self.lmax, loc=point_angles(y[light]),
                                         epsilon=self.epsilon, nthreads=1)
         x = plan.points[F]
@@ -470,14 +462,8 @@ class SpectralSphereField(SphereSpectralField):
         frame = tuple(a[F] for a in plan_frame(plan))
         phi_l, grad_l, d_l, *bounds = self._sa_sums(x, loc, frame, alm, project)
         phi_h, grad_h, d_h = self._direct_sums(x, y[heavy], w[heavy], project)
-        got, new_err = self._sa_quotient(x, phi_l + phi_h, grad_l + grad_h, None if project else d_l + d_h,
-                                         *self._sa_errors(w_light, *bounds))
-        ok = new_err <= self.tolerance
-        out[F[ok]] = got[ok]
-        self.last_split_count = int(ok.sum())
-        rest = fallback.copy()
-        rest[F[ok]] = False
-        return rest
+        return self._sa_quotient(x, phi_l + phi_h, grad_l + grad_h, None if project else d_l + d_h,
+                                 *self._sa_errors(w_light, *bounds))
 
     def _direct_sums(self, x, y, w, project):
         """``Phi_s``, ``grad(Phi_s) / b`` and ``D_s`` (``None`` when ``project``) of the measure

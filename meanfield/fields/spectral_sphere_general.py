@@ -128,13 +128,13 @@ import time
 
 import numpy as np
 
-from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError, check_sources,
+from .attention import (USA_LOGIT_LIMIT, USA_OVERFLOW_FIX, AttentionModel, FieldOverflowError,
                         single_thread_blas)
 from .plans import PointPlan, as_points
 from .spectral import SphereSpectralField
 from .spectral_sphere import SpectralSphereField, spectral_cost
 from .sphere_transforms import (ABSOLUTE_FLOOR, MIN_TOLERANCE, TAIL_FRACTION, nufft_epsilon, point_angles,
-                                scaled_in, spectral_lmax, split_sources, tails)
+                                scaled_in, spectral_lmax, tails)
 
 __all__ = ["AMORTIZED_CALLS", "GeneralSphereField", "MAX_COEFFICIENT_BYTES", "general_cost", "general_plan",
            "real_harmonics", "spectral_sphere_cost", "spectral_sphere_field"]
@@ -747,33 +747,21 @@ class GeneralSphereField(SphereSpectralField):
         return out, err
 
     # -- the SA split: heavy sources summed directly, the light rest transformed -------------
-    def _split(self, plan, fallback, out, err, sources, weights, project) -> np.ndarray:
-        """As :meth:`SpectralSphereField._split
-        <meanfield.fields.spectral_sphere.SpectralSphereField._split>`: the heaviest sources
-        summed directly (``Z_h``, ``M'_h`` in the target scale ``s(x')``), the light rest
-        transformed (its own moments, so its errors scale with its weight), targets still
-        above the tolerance left to the direct fallback."""
-        y, w = check_sources(self.model, as_points(sources), weights)
-        keep = w > 0
-        y, w = y[keep], w[keep]
-        F = np.flatnonzero(fallback)
-        picked = split_sources(w, err[F], self.tolerance, general_cost(self.model, F.size, w.size, self.tolerance))
-        if picked is None:
-            return fallback
-        light, heavy, w_light = picked
+    def _split_cost(self, n_targets, n_sources):
+        return general_cost(self.model, n_targets, n_sources, self.tolerance)
+
+    def _split_field(self, plan, F, y, w, light, heavy, w_light, project):
+        """The split of :meth:`SphereSpectralField._split
+        <meanfield.fields.spectral.SphereSpectralField._split>` here: the heaviest sources summed
+        directly (``Z_h``, ``M'_h`` in the target scale ``s(x')``), the light rest transformed
+        (its own moments, so its errors scale with its weight)."""
         sub = PointPlan(self, plan.points[F], copy=False)
         coeffs = self.coefficients(y[light], w[light])
         T = self._apply(coeffs)
         z, m, xp = self._synthesize(sub, T)
         z_h, m_h = self._direct_sums(xp, y[heavy] @ self._W, w[heavy])
         m = m + m_h
-        got, new_err = self._sa_quotient(z + z_h, m, m @ self._VW.T, *self._sa_errors(coeffs, T, w_light))
-        ok = new_err <= self.tolerance
-        out[F[ok]] = got[ok]
-        self.last_split_count = int(ok.sum())
-        rest = fallback.copy()
-        rest[F[ok]] = False
-        return rest
+        return self._sa_quotient(z + z_h, m, m @ self._VW.T, *self._sa_errors(coeffs, T, w_light))
 
     def _direct_sums(self, xp, yp, w):
         """``Z_s`` (N,) and ``M'_s`` (N, 3) of the measure ``(yp, w)`` at ``xp`` (both in the
