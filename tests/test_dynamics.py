@@ -287,7 +287,7 @@ def test_energy_of_a_gradient_composite_ascends_and_of_others_is_undefined():
     e0 = mf.diagnostics.run_energy(model, mesh.centers, m)
     sim.advance(state, h)
     e1 = mf.diagnostics.run_energy(model, mesh.centers, state.rho * mesh.areas)
-    assert abs((e1 - e0) / h / rate - 1) < 2e-3, ((e1 - e0) / h, rate)
+    assert abs((e1 - e0) / h / rate - 1) < 1e-3, ((e1 - e0) / h, rate)  # measured 3.1e-4
     energies = []
     for t in np.linspace(0.25, 2.0, 8):
         sim.advance(state, float(t))

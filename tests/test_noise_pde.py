@@ -73,8 +73,8 @@ def test_sphere_rates_with_noise(normalized):
             measured = _mode_rate(sim, mesh, y, 0.5)
             errs.append(abs(measured - float(noisy_growth_rates(terms, l, sigma))))
         errors.append(max(errs))
-    scale = float(np.max(np.abs(mf.growth_rate(np.array([2, 3]), beta, 3, normalized))))
-    assert errors[1] <= 3e-3 * scale, errors  # measured: see the ratio
+    # measured: SA 5.0e-3 -> 6.8e-4, USA 6.9e-3 -> 1.9e-3 (ratios 7.3 and 3.7)
+    assert errors[1] <= (1.5e-3 if normalized else 4e-3), errors
     assert errors[0] / errors[1] >= 3.0, errors
 
 
@@ -85,7 +85,7 @@ def test_heat_alone_decays_at_the_exact_rate_on_the_sphere():
     for m in (0, 1, -2):
         y = mf.real_sph_harm(2, m, mesh.centers)
         rate = _mode_rate(sim, mesh, y, 1.0, eps=0.1)
-        assert abs(rate / (-0.18 * 6) - 1) < 2e-3, (m, rate)
+        assert abs(rate / (-0.18 * 6) - 1) < 1e-3, (m, rate)  # measured 5.3e-4
 
 
 def test_consensus_with_noise_relaxes_to_the_von_mises_fisher_state():
@@ -112,7 +112,8 @@ def test_consensus_with_noise_relaxes_to_the_von_mises_fisher_state():
 
 def test_steps_far_beyond_the_parabolic_bound_stay_positive_and_conservative():
     """1024 cells, sigma = 2: the explicit bound h^2 / sigma^2 is 9.4e-6; the steps (set by the
-    transport) are ~1000 times longer; a rough nonnegative start stays nonnegative."""
+    transport) are ~2300 times longer; a rough nonnegative start stays nonnegative (the limited
+    steps of the diffusion itself are tested in test_diffusion.py)."""
     mesh = mf.CircleMesh(1024)
     rng = np.random.default_rng(0)
     rho = rng.random(mesh.n_cells) ** 4
@@ -122,8 +123,8 @@ def test_steps_far_beyond_the_parabolic_bound_stay_positive_and_conservative():
     state = mf.State(0.0, rho)
     dts = []
     sim.advance(state, 0.5, lambda st, dt: dts.append(dt))
-    assert min(dts[:-1]) >= 500 * mesh.h**2 / 4.0
-    assert state.rho.min() >= 0 and abs(state.rho @ mesh.areas - 1.0) <= 1e-12
+    assert min(dts[:-1]) >= 1000 * mesh.h**2 / 4.0  # measured 2348 times
+    assert state.rho.min() >= 0 and abs(state.rho @ mesh.areas - 1.0) <= 1e-14  # measured 2.2e-16
     assert np.all(np.isfinite(state.rho))
 
 

@@ -139,6 +139,14 @@ class Velocity:
             rate = layer.rates[max_mode] = layer.terms.rate_bound(max_mode)
         return rate
 
+    def length_scale(self, t: float) -> float:
+        """The length scale of the terms at ``t`` (:meth:`Terms.length_scale`), cached."""
+        layer = self.layer(t)
+        length = layer.rates.get("length")
+        if length is None:
+            length = layer.rates["length"] = layer.terms.length_scale()
+        return length
+
     def interaction_norm(self, t: float) -> float:
         """The largest ``||beta Q^T K||_2`` of the heads at ``t`` (:meth:`Terms.interaction_norm`), cached."""
         layer = self.layer(t)

@@ -26,6 +26,15 @@ def _pyplot():
     return plt
 
 
+
+def _save(plt, fig, path) -> Path:
+    """Lay out, write (110 dpi) and close ``fig``; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     """Space-time picture of circle densities ``[(t, rho), ...]``."""
     plt = _pyplot()
@@ -61,11 +70,7 @@ def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     ax2.set_ylabel("density")
     ax2.set_xticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
     ax2.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = False, switches=()) -> Path:
@@ -114,11 +119,7 @@ def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = Fa
     ax.set_xlabel("t")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=()) -> list[Path]:
@@ -163,10 +164,7 @@ def plot_particles(path, mesh, points, weights, t: float, density=None, histogra
     ax.set_xticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
     ax.set_title(f"t = {t:g}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_compare(path, rows) -> Path:
@@ -189,8 +187,4 @@ def plot_compare(path, rows) -> Path:
     ax.set_xlabel("number of particles n")
     ax.set_ylabel(f"{rows[0]['metric'] if rows else ''} distance to the PDE")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

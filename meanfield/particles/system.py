@@ -525,7 +525,7 @@ class ParticleSystem(Stepper):
         velocity = self.velocity_field
         a = velocity.interaction_norm(t)
         rate = velocity.rate_bound(t, max_mode=max(64, int(4.0 * math.sqrt(2.0 * a)) + 1))
-        return rate, velocity.layer(t).terms.length_scale()
+        return rate, velocity.length_scale(t)
 
     def velocity(self, state: ParticleState) -> np.ndarray:
         """The field X[mu_n](t) at the particles, ``(n, d)``."""
