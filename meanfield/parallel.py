@@ -82,14 +82,15 @@ class Distributor:
         start = int(counts[: self.rank].sum())
         return slice(start, start + int(counts[self.rank]))
 
-    def allgather_rows(self, local: np.ndarray, n: int) -> np.ndarray:
-        """The rows of every rank's share, in order: ``(n, ...)`` on every rank."""
+    def allgather_rows(self, local: np.ndarray, n: int, counts=None) -> np.ndarray:
+        """The rows of every rank's share, in order: ``(n, ...)`` on every rank. ``counts``: the
+        rows of each rank when the shares are not :meth:`counts` (a causal split)."""
         from mpi4py import MPI
 
         local = np.ascontiguousarray(local, dtype=float)
         width = int(np.prod(local.shape[1:])) if local.ndim > 1 else 1
         out = np.empty((n,) + local.shape[1:], dtype=float)
-        counts = self.counts(n) * width
+        counts = (self.counts(n) if counts is None else np.asarray(counts, dtype=np.int64)) * width
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
         start = time.perf_counter()
         self.comm.Allgatherv([local, MPI.DOUBLE], [out, (counts, displs), MPI.DOUBLE])
@@ -248,6 +249,8 @@ class DistributedField:
         sources (the particles' ``field(x, x, w)``): this rank's share is prepared once for
         both its targets and the sources it sums."""
         n = len(targets)
+        if self.time_aware and self.velocity.model.causal and np.ndim(weights) == 1:
+            return self._tokens(targets, weights, project, t)
         share = self.dist.share(n)
         part = self.dist.share(len(weights))
         own = None
@@ -262,6 +265,25 @@ class DistributedField:
         local = split_evaluate(self.field, self.dist, local_targets, as_points(sources), weights, part, own,
                                project=project, t=t)
         return self.dist.allgather_rows(local, n)
+
+
+    def _tokens(self, targets, weights, project: bool, t: float) -> np.ndarray:
+        """Causal tokens: each rank evaluates a contiguous run of tokens balanced by the pairs
+        they sum (:func:`~meanfield.fields.causal.split_rows`); every rank holds all tokens
+        (the sources of its rows). An exception ends the whole job."""
+        from .fields.causal import split_rows
+
+        x = np.asarray(as_points(targets), dtype=float)
+        n, size = x.shape[0], self.dist.size
+        if x.ndim != 2:
+            raise ValueError(f"an MPI split of causal tokens takes one prompt (n, d), got {x.shape}")
+        counts = [split_rows(n, size, r).size for r in range(size)]
+        try:
+            local = self.field(x, x, weights, project=project, t=t, rows=split_rows(n, size, self.dist.rank))
+        except Exception as exc:  # noqa: BLE001 -- end every rank, not just this one
+            self.dist.abort(f"meanfield: run failed on rank {self.dist.rank}: {type(exc).__name__}: {exc}")
+            raise
+        return self.dist.allgather_rows(local, n, counts=counts)
 
 
 class DistributedPlan(PointPlan):

@@ -34,7 +34,10 @@ import numpy as np
 
 from ..fields.attention import AttentionModel, growth_rate
 
-__all__ = ["Head", "Terms", "RandomHeads", "VelocityModel", "as_velocity_model", "describe_model"]
+__all__ = ["Head", "MASKS", "Terms", "RandomHeads", "VelocityModel", "as_velocity_model", "describe_model"]
+
+#: The attention masks of :class:`VelocityModel`.
+MASKS = ("none", "causal")
 
 
 @dataclass(frozen=True)
@@ -252,10 +255,28 @@ class VelocityModel:
         must be increasing and ``>= 0``.
     random_heads : RandomHeads, optional
         Heads redrawn every layer (then ``terms`` and ``schedule`` must be empty).
+    mask : str
+        ``"none"`` (every token attends to every token) or ``"causal"``: the token at
+        position ``s`` in ``[0, 1]`` attends to positions ``s' <= s`` only (particles: token i to
+        tokens j <= i, positions ``s_i = i / n``; mean field: a density on ``[0, 1] x S^{d-1}``,
+        :mod:`meanfield.fields.causal`). Every attention head is masked; the perceptron is local.
+    alibi : float
+        ``lambda >= 0``, causal models only: the ALiBi bias ``-lambda (s - s')`` added to every
+        logit (a weight ``exp(-lambda (s - s'))`` on the source at ``s'``).
     """
 
-    def __init__(self, d: int, terms=None, schedule: Sequence = (), random_heads: RandomHeads | None = None):
+    def __init__(self, d: int, terms=None, schedule: Sequence = (), random_heads: RandomHeads | None = None,
+                 mask: str = "none", alibi: float = 0.0):
         self.d = int(d)
+        if mask not in MASKS:
+            raise ValueError(f"mask must be one of {', '.join(repr(m) for m in MASKS)}, got {mask!r}")
+        if isinstance(alibi, bool) or not isinstance(alibi, (int, float)) or not (math.isfinite(alibi) and alibi >= 0):
+            raise ValueError(f"alibi must be a finite number >= 0, got {alibi!r}")
+        if alibi and mask != "causal":
+            raise ValueError(f"alibi = {alibi:g} is a bias of causal attention: it needs mask = \"causal\"")
+        #: ``"none"`` or ``"causal"``, and the ALiBi slope lambda of a causal model
+        self.mask = mask
+        self.alibi = float(alibi)
         if isinstance(terms, AttentionModel):
             terms = Terms(self.d, (Head(terms),))
         if terms is None:
@@ -288,6 +309,11 @@ class VelocityModel:
         return cls(model.d, model)
 
     @property
+    def causal(self) -> bool:
+        """Whether the heads are causally masked (``mask == "causal"``)."""
+        return self.mask == "causal"
+
+    @property
     def time_dependent(self) -> bool:
         return self.random_heads is not None or len(self.segments) > 1
 
@@ -313,8 +339,9 @@ class VelocityModel:
 
     @property
     def single_head(self) -> AttentionModel | None:
-        """The one head of weight 1 when that is the whole model for all times, else ``None``."""
-        return None if self.time_dependent else self.segments[0].single_head
+        """The one head of weight 1 when that is the whole model for all times (and unmasked),
+        else ``None``."""
+        return None if self.time_dependent or self.causal else self.segments[0].single_head
 
     def all_terms(self) -> tuple[Terms, ...]:
         """The fixed segments' terms (random heads: layer 0's, as an example of their kind)."""
@@ -328,10 +355,17 @@ class VelocityModel:
             kind = "SA" if r.normalized else "USA"
             text = (f"{r.count} random {kind} heads beta={r.beta:g} (std Q {r.Q_std:g}, K {r.K_std:g}, V {r.V_std:g}), "
                     f"redrawn every {r.interval:g} (seed {r.seed})")
-            return text + (f" + {r.perceptron.describe()}" if r.perceptron is not None else "")
+            return text + (f" + {r.perceptron.describe()}" if r.perceptron is not None else "") + self._mask_words()
         if len(self.segments) == 1:
-            return self.segments[0].describe()
-        return "; ".join(f"from t={t:g}: {s.describe()}" for t, s in zip(self.switch_times, self.segments))
+            text = self.segments[0].describe()
+        else:
+            text = "; ".join(f"from t={t:g}: {s.describe()}" for t, s in zip(self.switch_times, self.segments))
+        return text + self._mask_words()
+
+    def _mask_words(self) -> str:
+        if not self.causal:
+            return ""
+        return ", causal mask" + (f" with ALiBi lambda={self.alibi:g}" if self.alibi else "")
 
 
 def as_velocity_model(model) -> VelocityModel:

@@ -169,12 +169,30 @@ class Velocity:
         return as_points(points)
 
     def __call__(self, targets, sources, weights, project: bool = True, t: float = 0.0, local_sources=None,
-                 evaluate: Callable | None = None) -> np.ndarray:
+                 evaluate: Callable | None = None, rows=None) -> np.ndarray:
         """The field of the measure ``(sources, weights)`` at ``targets`` with the terms acting at
         ``t``; ``project=False``: the sum before the tangential projection ``P_x``. ``targets``,
         ``sources``, ``local_sources`` may be plans of this velocity (:meth:`plan`) or arrays.
         ``evaluate(backend, targets, sources, local_sources)`` replaces the serial call of each
-        head's backend (the MPI split)."""
+        head's backend (the MPI split).
+
+        A causal model (``model.mask == "causal"``) takes two forms of the call:
+
+        - ``weights (n,)``: the targets are ordered tokens and the sources the same tokens
+          (the particles' ``field(x, x, w)``; ``x`` may be a batch ``(B, n, d)``): token ``i``
+          attends to ``j <= i`` (:meth:`tokens`; ``rows``: the tokens to evaluate);
+        - ``weights (P, M)``: one measure per position band, already the prefix measures of
+          :func:`~meanfield.fields.causal.band_measures` (the causal PDE): the field of each,
+          stacked ``(P, N, d)``.
+        """
+        if self.model.causal:
+            w = np.asarray(weights)
+            if w.ndim == 2:  # the position bands of the causal mean field: one measure per band
+                return np.stack([self(targets, sources, wp, project=project, t=t, local_sources=local_sources,
+                                      evaluate=evaluate) for wp in w])
+            return self.tokens(targets, w, project=project, t=t, rows=rows)
+        if rows is not None:
+            raise ValueError("rows selects tokens of a causal model; this model has no mask")
         layer = self.layer(t)
         if evaluate is None:
             kw = {} if project else {"project": False}
@@ -198,6 +216,36 @@ class Velocity:
                 out = p if out is None else out + p
         if out is None:
             out = np.zeros(np.shape(as_points(targets)), dtype=float)
+        return out
+
+    def tokens(self, x, weights, project: bool = True, t: float = 0.0, rows=None) -> np.ndarray:
+        """The causal field on ordered tokens ``x (n, d)`` or a batch ``(B, n, d)`` of prompts
+        with the token weights ``weights (n,)``: every head masked (token ``i`` attends to
+        ``j <= i``, ALiBi ``-lambda (i - j) / n``; :func:`~meanfield.fields.causal.causal_tokens`:
+        the backend's prefix sums or the masked direct sums), the perceptron pointwise.
+        ``rows``: the token indices to evaluate (an MPI rank's share), default all."""
+        from ..fields.causal import causal_tokens
+
+        x = np.asarray(as_points(x), dtype=float)
+        if x.ndim < 2 or x.shape[-1] != self.d:
+            raise ValueError(f"tokens must have shape (..., n, {self.d}), got {x.shape}")
+        layer = self.layer(t)
+        alibi = self.model.alibi
+        out = None
+        with single_thread_blas():
+            for weight, backend in layer.heads:
+                v = causal_tokens(backend, x, weights, alibi, project=project, rows=rows)
+                if out is None:
+                    out = v if weight == 1.0 else weight * v
+                else:
+                    out += v if weight == 1.0 else weight * v
+            if layer.perceptron is not None:
+                xr = x if rows is None else x[..., np.asarray(rows, dtype=np.intp), :]
+                p = layer.perceptron(xr.reshape(-1, self.d), project=project).reshape(xr.shape)
+                out = p if out is None else out + p
+        if out is None:
+            shape = x.shape if rows is None else x.shape[:-2] + (len(rows), self.d)
+            out = np.zeros(shape, dtype=float)
         return out
 
     @property

@@ -332,12 +332,17 @@ class DirectField:
             out -= np.einsum("ij,ij->i", out, x)[:, None] * x
         return out
 
-    def _block(self, xb, ky, w, wvy):
-        logits = xb @ ky.T
+    def _block(self, xb, ky, w, wvy, bias=None):
+        """The sums of one block of targets ``xb (..., b, d)`` against the sources' ``ky = A y``,
+        ``w`` and ``w V y`` (batched over leading axes); ``bias`` ``(b, m)`` is added to the
+        logits (a causal mask: ``-inf`` where a source is hidden, the ALiBi bias elsewhere)."""
+        logits = np.matmul(xb, np.swapaxes(ky, -1, -2))
+        if bias is not None:
+            logits += bias
         if self.model.normalized:
-            logits -= logits.max(axis=1, keepdims=True)
+            logits -= logits.max(axis=-1, keepdims=True)
             np.exp(logits, out=logits)
-            return (logits @ wvy) / (logits @ w)[:, None]
+            return (logits @ wvy) / (logits @ w)[..., None]
         offset = self.model.logit_offset
         if offset:  # shifted USA: every logit <= 0 (up to rounding), nothing overflows
             logits -= offset
