@@ -231,7 +231,10 @@ def run_energy(model, points, weights, t: float = 0.0) -> float | None:
     they ascend where they are a gradient flow (:meth:`Terms.gradient_weights`: USA heads
     with ``Q^T K`` symmetric and ``V = s Q^T K``, a perceptron ``W = U^T diag(w)``),
     ``sum_h s_h w_h E_h + int Phi dmu``; ``None`` (an empty column: undefined, not a
-    number) otherwise. An overflow gives ``inf``, which the run-health check reports."""
+    number) otherwise, and for every causal model. An overflow gives ``inf``, which the
+    run-health check reports."""
+    if not isinstance(model, AttentionModel) and as_velocity_model(model).causal:
+        return None  # a masked field is no gradient: the tokens ascend no functional of the measure
     single = model if isinstance(model, AttentionModel) else as_velocity_model(model).single_head
     with np.errstate(over="ignore", invalid="ignore"):
         try:

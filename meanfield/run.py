@@ -156,7 +156,7 @@ def build_model(case: dict, d: int, source="<case>", check: bool = True) -> Velo
         rh = RandomHeads(d=d, count=r["count"], interval=r["interval"], seed=r["seed"], normalized=r["kind"] == "SA",
                          beta=r["beta"], Q_std=r["Q_std"], K_std=r["K_std"], V_std=r["V_std"], shift=m["shift"],
                          perceptron=p)
-        return VelocityModel(d, random_heads=rh)
+        return VelocityModel(d, random_heads=rh, mask=m.get("mask", "none"), alibi=m.get("alibi", 0.0))
     heads = m.get("heads")
     if heads is None:  # the one head of the one-head keys
         base = _terms([m], perceptron, d, "model.beta", source, check)
@@ -164,7 +164,7 @@ def build_model(case: dict, d: int, source="<case>", check: bool = True) -> Velo
         base = _terms(heads, perceptron, d, "model.heads", source, check)
     schedule = [(e["t"], _terms(e["heads"], e.get("perceptron"), d, "model.schedule", source, check))
                 for e in m.get("schedule", [])]
-    return VelocityModel(d, base, schedule)
+    return VelocityModel(d, base, schedule, mask=m.get("mask", "none"), alibi=m.get("alibi", 0.0))
 
 
 def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation, State]:
@@ -172,6 +172,8 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
     mesh = build_mesh(case, source)
     model = build_model(case, mesh.d, source)
     s = case["solver"]
+    if model.causal:
+        return _causal_simulation(case, mesh, model, source, dist)
     if s["scheme"] == "spectral":
         from .pde.spectral_scheme import SpectralCircleSimulation
 
@@ -205,6 +207,28 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
             raise CaseError(source, "initial.function", f"{type(exc).__name__}: {exc}") from None
         raise
     return sim, State(0.0, rho0)
+
+
+def _causal_simulation(case: dict, mesh, model, source, dist) -> tuple[Simulation, State]:
+    """The causal mean field (``model.mask = "causal"``): ``domain.positions`` bands x the cells."""
+    from .causal_run import causal_initial
+
+    s = case["solver"]
+    P = case["domain"]["positions"]
+    if P is None:
+        raise CaseError(source, "domain.positions", "a causal mean field (model.mask = \"causal\") lives on [0, 1] x "
+                        f"the {mesh.manifold}: give the number of position cells of [0, 1], e.g. domain.positions = 32 "
+                        "(the error of the bands falls like 1/positions^2, docs/causal.md)")
+    if s["scheme"] == "spectral":
+        raise CaseError(source, "solver.scheme", "\"spectral\" (the pseudo-spectral scheme) solves one fixed, unmasked "
+                        "head; the causal mean field uses the finite volumes: \"muscl\" or \"upwind\"")
+    try:
+        sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
+                         dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist,
+                         integrator=INTEGRATORS[s["time_integrator"]], noise=case["model"]["noise"], positions=P)
+    except ValueError as exc:
+        raise CaseError(source, "solver.backend", str(exc)) from None
+    return sim, State(0.0, causal_initial(mesh, case["initial"], P, source))
 
 
 def output_times(t_end: float, every: float) -> list[float]:
@@ -776,7 +800,12 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
         preflight(case, "run", source, dist, max_memory)
     sim, state = agreed(dist, build_simulation, case, source, dist)
     criterion = diag.ClusterCriterion(case["diagnostics"]["cluster_contrast"], case["diagnostics"]["cluster_mass"])
-    run = PdeRun(sim, state, criterion, diag.Target.from_case(case["diagnostics"]))
+    if state.rho.ndim == 2:  # the causal mean field: position bands x cells
+        from .causal_run import CausalPdeRun
+
+        run = CausalPdeRun(sim, state, criterion, diag.Target.from_case(case["diagnostics"]))
+    else:
+        run = PdeRun(sim, state, criterion, diag.Target.from_case(case["diagnostics"]))
     rows = drive(run, case, out_dir, progress, source, dist=dist, restart=paths[0] if paths is not None else False,
                  overwrite=overwrite)
     result = RunResult(state=state, rows=rows, out_dir=Path(out_dir) if out_dir is not None else None,
@@ -784,6 +813,9 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from .io import plots
 
-        plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"],
-                              switches=[e["t"] for e in case["model"]["schedule"] if e["t"] > 0])
+        switches = [e["t"] for e in case["model"]["schedule"] if e["t"] > 0]
+        if state.rho.ndim == 2:
+            plots.write_causal_plots(out_dir, sim.mesh, result, switches=switches)
+        else:
+            plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"], switches=switches)
     return result

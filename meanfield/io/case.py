@@ -352,6 +352,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mesh": Key(string, "icosahedral:4", "sphere: `\"icosahedral:LEVEL\"` (level L has 20 * 4^L triangles) or a "
                     "surface mesh file (.vtk .vtu .vtp .stl .obj .ply), path relative to the case file."),
         "edge_points": Key(integer(1, 5), 1, "sphere: Gauss points per edge for the fluxes (1: midpoint rule)."),
+        "positions": Key(integer(1, 100_000), None, "causal PDE (`model.mask = \"causal\"`): number of position "
+                         "cells (bands) of the prompt position s in [0, 1]; the density lives on bands x manifold cells. "
+                         "Required by `meanfield run` of a causal case; particle runs place token i at s = i/n and bin "
+                         "the tokens into these bands for the per-position diagnostics (default 8 there)."),
     },
     "model": {
         "kind": Key(choice("SA", "USA"), "SA", "`\"SA\"` softmax attention or `\"USA\"` unnormalized attention."),
@@ -379,6 +383,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "heads (one-head keys, `heads`, `schedule`); a `perceptron` is added."),
         "noise": Key(real(0.0), 0.0, "noise strength sigma >= 0: particles dx = X dt + sigma dB (B a Brownian motion "
                      "on the sphere), the PDE d/dt rho + div(rho X) = (sigma^2/2) Lap rho; 0: none."),
+        "mask": Key(choice("none", "causal"), "none", "`\"causal\"`: the token at position s attends only to "
+                    "positions s' <= s (particles: token i to tokens j <= i, in the order of the sample or of "
+                    "`initial.points`; the PDE: a density on [0, 1] x the manifold, `domain.positions` bands), every "
+                    "head masked; `\"none\"`: full attention."),
+        "alibi": Key(real(0.0), 0.0, "ALiBi slope lambda >= 0 of a causal model: the bias -lambda (s - s') added to "
+                     "every logit (particles: -lambda (i - j) / n); 0: none."),
     },
     "initial": {
         "kind": Key(choice("uniform", "modes", "vmf", "python", "points"), "uniform", "initial density kind."),
@@ -389,7 +399,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "weights": Key(reals(0.0), [], "`vmf`: coefficients w_j (default 1); `points`: particle weights (default 1/n)."),
         "points": Key(vectors, [], "`points`: positions (n, d), normalized onto the sphere."),
         "function": Key(string, "", "`python`: `\"path/file.py:name\"` (relative to the case file) or "
-                        "`\"package.module:name\"`, a callable points (n, d) -> densities (n,)."),
+                        "`\"package.module:name\"`, a callable points (n, d) -> densities (n,); in a causal case "
+                        "(`model.mask = \"causal\"`) a callable (s, x) -> densities (n,) of the position s (n,) "
+                        "in [0, 1] and the points x (n, d), each position's density normalized to mass 1."),
         "quadrature_degree": Key(integer(1, 30), 8, "degree of the quadrature rule projecting the density onto cells."),
     },
     "solver": {
@@ -563,6 +575,7 @@ def _resolve(raw: dict, source, base_dir) -> dict:
     _check_model(case, raw.get("model", {}), source)
     _check_target(case["diagnostics"], source)
     _check_initial(case["initial"], d, source, Path(base_dir))
+    _check_causal(case, raw, source)
     _check_mesh(case["domain"], source, Path(base_dir))
     return case
 
@@ -595,6 +608,38 @@ def _check_model(case: dict, given: dict, source) -> None:
     for i, e in enumerate(m["schedule"]):
         if e["t"] > t_end:
             raise CaseError(source, "model.schedule", f"entry {i}: t = {e['t']:g} is beyond solver.t_end = {t_end:g}")
+
+
+def _check_causal(case: dict, raw: dict, source) -> None:
+    """``model.alibi`` and ``domain.positions`` need ``model.mask = "causal"``; a causal case's
+    ``initial.function`` takes ``(s, x)``, any other one ``x``."""
+    m = case["model"]
+    causal = m["mask"] == "causal"
+    if m["alibi"] and not causal:
+        raise CaseError(source, "model.alibi", f"{m['alibi']:g} is the ALiBi slope of causal attention: it needs "
+                        "model.mask = \"causal\" (or leave model.alibi out)")
+    if case["domain"]["positions"] is not None and not causal:
+        raise CaseError(source, "domain.positions", "number of position cells of the causal mean field: it needs "
+                        "model.mask = \"causal\" (or leave domain.positions out)")
+    init = case["initial"]
+    if init["kind"] == "python" and init.get("function_object") is not None:
+        _check_signature(init["function_object"], 2 if causal else 1, source)
+
+
+def _check_signature(fn, count: int, source) -> None:
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin or extension callable: checked by its call
+    try:
+        sig.bind(*range(count))
+    except TypeError:
+        want = "(s, x): position s (n,) and points x (n, d), the causal case's" if count == 2 else "(x): points (n, d)"
+        hint = "" if count == 2 else " (a function of (s, x) needs model.mask = \"causal\")"
+        raise CaseError(source, "initial.function", f"{getattr(fn, '__name__', fn)!r} takes {sig}, not {want} "
+                        f"arguments{hint}") from None
 
 
 def _check_target(diagnostics: dict, source) -> None:

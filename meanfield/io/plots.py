@@ -6,6 +6,11 @@
   view points (pyvista, rendered offscreen; :mod:`meanfield.io.render`).
 * ``diagnostics.png``: energy, order parameter, number of clusters, extremes of the
   density and the mass error over time.
+* causal runs (``model.mask = "causal"``), ``causal.png``: the density over position and
+  angle ``(s, theta)`` at three times (circle), or each band's order parameter as an image
+  over ``(s, t)`` (sphere, beside renderings of the first, middle and last band at the end),
+  and the per-position order parameter and cluster count at the first and last snapshot;
+  particle runs draw the tokens over ``(s, theta)`` instead (circle).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_run_plots", "plot_spacetime", "plot_diagnostics"]
+__all__ = ["write_run_plots", "write_causal_plots", "plot_causal", "plot_causal_tokens", "plot_spacetime",
+           "plot_diagnostics"]
 
 
 def _pyplot():
@@ -132,6 +138,137 @@ def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=()) -
 
         for name, (t, rho) in (("initial.png", result.snapshots[0]), ("final.png", result.snapshots[-1])):
             paths.append(render_sphere(out_dir / name, mesh, rho, title=f"density at t = {t:g}"))
+    return paths
+
+
+def _band_panels(fig, axes, positions, profiles) -> None:
+    """Per-position order parameter and cluster count ``profiles [(t, order (P,), clusters (P,))]``."""
+    ax, ax2 = axes
+    colors = ["0.55", "C3"] if len(profiles) == 2 else [f"C{i}" for i in range(len(profiles))]
+    for (t, order, clusters), color in zip(profiles, colors):
+        ax.plot(positions, order, "o-", ms=3, color=color, label=f"t = {t:g}")
+        ax2.step(positions, clusters, where="mid", color=color, label=f"t = {t:g}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("position s")
+    ax.set_ylabel("order parameter |∫ x f(s, x) dx|")
+    ax.legend()
+    ax2.set_xlim(0, 1)
+    ax2.set_xlabel("position s")
+    ax2.set_ylabel("clusters per position band")
+    ax2.yaxis.get_major_locator().set_params(integer=True)
+
+
+def plot_causal(path, mesh, snapshots, criterion=None) -> Path:
+    """The causal mean field ``[(t, rho (P, N)), ...]``: on the circle the density over
+    ``(s, theta)`` at the first, a middle and the last snapshot (log colour scale, one
+    colour bar), on the sphere the order parameter of every band over ``(s, t)``; below,
+    the per-position order parameter and cluster count at the first and last snapshot."""
+    from matplotlib.colors import LogNorm
+
+    from ..causal_run import band_centres, band_diagnostics
+    from .. import diagnostics as diag
+
+    criterion = criterion or diag.ClusterCriterion()
+    plt = _pyplot()
+    P = snapshots[0][1].shape[0]
+    positions = band_centres(P)
+    s_edges = np.linspace(0.0, 1.0, P + 1)
+    fig = plt.figure(figsize=(13, 7.5))
+    grid = fig.add_gridspec(2, 6, height_ratios=[1.15, 1])
+    if mesh.manifold == "circle":
+        picks = [snapshots[0], snapshots[len(snapshots) // 2], snapshots[-1]]
+        top = max(float(r.max()) for _, r in picks)
+        uniform = 1.0 / (2 * np.pi)
+        norm = LogNorm(vmin=max(top * 1e-4, min(uniform / 2, min(float(r.min()) for _, r in picks) or uniform / 2)),
+                       vmax=max(top, 2 * uniform))
+        group = max(1, int(np.ceil(mesh.n_cells / 400)))  # pool cells by their maximum: every peak stays visible
+        ncol = mesh.n_cells // group
+        theta_edges = np.linspace(0.0, 2 * np.pi, ncol + 1)
+        for k, (t, rho) in enumerate(picks):
+            ax = fig.add_subplot(grid[0, 2 * k: 2 * k + 2])
+            pooled = rho[:, : ncol * group].reshape(P, ncol, group).max(axis=2)
+            img = ax.pcolormesh(s_edges, theta_edges, np.maximum(pooled.T, norm.vmin), shading="flat", cmap="magma",
+                                norm=norm)
+            ax.set_title(f"f(s, θ) at t = {t:g}")
+            ax.set_xlabel("position s")
+            ax.set_yticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
+            if k == 0:
+                ax.set_ylabel("angle θ")
+        fig.colorbar(img, ax=fig.axes[:3], label="density (log scale)", fraction=0.03)
+    else:
+        t = np.array([sn[0] for sn in snapshots])
+        orders = np.array([band_diagnostics(mesh, rho, criterion)[0] for _, rho in snapshots])
+        t_edges = np.concatenate([[t[0]], 0.5 * (t[1:] + t[:-1]), [t[-1]]]) if len(t) > 1 else np.array([t[0], t[0] + 1])
+        ax = fig.add_subplot(grid[0, :])
+        img = ax.pcolormesh(t_edges, s_edges, orders.T, shading="flat", cmap="viridis", vmin=0, vmax=1)
+        fig.colorbar(img, ax=ax, label="order parameter of the band")
+        ax.set_xlabel("t")
+        ax.set_ylabel("position s")
+        ax.set_title("order parameter |∫ x f(s, x) dx| over position and time")
+    profiles = []
+    for t, rho in (snapshots[0], snapshots[-1]):
+        order, clusters = band_diagnostics(mesh, rho, criterion)
+        profiles.append((t, order, clusters))
+    _band_panels(fig, (fig.add_subplot(grid[1, :3]), fig.add_subplot(grid[1, 3:])), positions, profiles)
+    return _save(plt, fig, path)
+
+
+def plot_causal_tokens(path, points, t0_points, t: float, bands: int, criterion=None) -> Path:
+    """Causal particles: the tokens over ``(s, theta)`` (circle; ``s = i/n``) at the start and
+    at ``t``, and the per-position order parameter and cluster count of ``bands`` bands."""
+    from ..causal_run import band_centres, particle_band_diagnostics
+    from .. import diagnostics as diag
+
+    criterion = criterion or diag.ClusterCriterion()
+    plt = _pyplot()
+    n, d = points.shape
+    s = np.arange(1, n + 1) / n
+    w = np.full(n, 1.0 / n)
+    fig = plt.figure(figsize=(12, 7.5))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.15, 1])
+    if d == 2:
+        ax = fig.add_subplot(grid[0, :])
+        size = max(1.0, min(12.0, 4000.0 / n))
+        for x, color, label in ((t0_points, "0.6", "t = 0"), (points, "C3", f"t = {t:g}")):
+            ax.scatter(s, np.mod(np.arctan2(x[:, 1], x[:, 0]), 2 * np.pi), s=size, color=color, label=label,
+                       linewidths=0)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 2 * np.pi)
+        ax.set_yticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
+        ax.set_xlabel("position s = i/n")
+        ax.set_ylabel("angle θ")
+        ax.set_title(f"{n} causal tokens")
+        ax.legend(loc="upper right", markerscale=3)
+    else:
+        ax = fig.add_subplot(grid[0, :])
+        gram = points @ points.T
+        ax.imshow(gram, vmin=-1, vmax=1, cmap="RdBu_r", extent=(0, 1, 1, 0))
+        ax.set_xlabel("position s'")
+        ax.set_ylabel("position s")
+        ax.set_title(f"<x_i, x_j> of the {n} tokens at t = {t:g}")
+    profiles = []
+    for tt, x in ((0.0, t0_points), (t, points)):
+        order, clusters = particle_band_diagnostics(x, w, bands, criterion)
+        profiles.append((tt, order, clusters))
+    _band_panels(fig, (fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])), band_centres(bands), profiles)
+    return _save(plt, fig, path)
+
+
+def write_causal_plots(out_dir, mesh, result, switches=(), criterion=None) -> list[Path]:
+    """``diagnostics.png`` and ``causal.png`` of a causal PDE run (sphere: also
+    ``final_band_first.png``, ``final_band_middle.png``, ``final_band_last.png``)."""
+    out_dir = Path(out_dir)
+    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, switches=switches),
+             plot_causal(out_dir / "causal.png", mesh, result.snapshots, criterion)]
+    if mesh.manifold == "sphere":
+        from .render import render_sphere
+
+        t, rho = result.snapshots[-1]
+        P = rho.shape[0]
+        for name, p in (("first", 0), ("middle", P // 2), ("last", P - 1)):
+            paths.append(render_sphere(out_dir / f"final_band_{name}.png", mesh, rho[p],
+                                       title=f"band s = {(p + 0.5) / P:.3g} at t = {t:g}"))
     return paths
 
 

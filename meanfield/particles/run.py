@@ -99,6 +99,12 @@ class ParticleRun:
     def __init__(self, mesh, system: ParticleSystem, state: ParticleState, criterion: diag.ClusterCriterion):
         self.mesh, self.system, self.state, self.criterion = mesh, system, state, criterion
         self.target = None  # diag.Target: the w1_target column
+        #: causal models: the number of position bands of the per-position diagnostics
+        self.bands = None
+        if system.velocity_field.model.causal:
+            from ..causal_run import PARTICLE_BANDS
+
+            self.bands = min(PARTICLE_BANDS, state.n)
         self.bins = histogram_mesh(mesh, state.n)
         self.snapshots: list[tuple[float, np.ndarray, np.ndarray]] = []
 
@@ -110,7 +116,7 @@ class ParticleRun:
         self.system.advance(self.state, t_out, on_step)
 
     def snapshot(self):
-        st, mesh = self.state, self.mesh
+        st = self.state
         v = self.system.velocity(st)
         hist = bin_particles(self.bins, st.x, st.weights) / self.bins.areas
         clusters = diag.find_particle_clusters(st.x, st.weights, self.criterion)
@@ -129,6 +135,12 @@ class ParticleRun:
         }
         if self.target is not None:
             row["w1_target"] = self.target.distance_to_points(st.x, st.weights)
+        if self.bands is not None:  # causal tokens: the per-position diagnostics of the causal PDE's bands
+            from ..causal_run import band_centres, particle_band_diagnostics
+
+            arrays["positions"] = band_centres(self.bands)
+            arrays["band_order_parameter"], arrays["band_clusters"] = particle_band_diagnostics(
+                st.x, st.weights, self.bands, self.criterion)
         arrays["steps"] = np.int64(st.steps)
         self.snapshots.append((st.t, st.x.copy(), st.weights.copy()))
         return arrays, row
@@ -244,6 +256,8 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     mesh, system, state = agreed(dist, build_particles, case, source=source, dist=dist)
     run = ParticleRun(mesh, system, state, _criterion(case))
     run.target = diag.Target.from_case(case["diagnostics"])
+    if run.bands is not None and case["domain"]["positions"] is not None:
+        run.bands = min(case["domain"]["positions"], state.n)
     run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist,
                      restart=paths[0] if paths is not None else False, overwrite=overwrite)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
@@ -254,6 +268,9 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
         t, x, w = run.snapshots[-1]
         histogram = bin_particles(mesh, x, w) / mesh.areas if mesh.manifold == "sphere" else None
         plots.plot_particles(Path(out_dir) / "particles.png", mesh, x, w, t=t, histogram=histogram)
+        if run.bands is not None:
+            plots.plot_causal_tokens(Path(out_dir) / "causal.png", x, run.snapshots[0][1],
+                                     t, run.bands, run.criterion)
     return run
 
 
