@@ -54,7 +54,7 @@ def build_particles(case: dict, n: int | None = None, seed: int | None = None, s
     if case["initial"]["kind"] == "points":
         n = None  # the given points
     try:
-        x, w = sample(case["initial"], mesh.d, n, seed)
+        x, w = sample(case["initial"], mesh.d, n, seed, causal=model.causal)
     except (InitialDataError, ValueError) as exc:
         key = {"python": "initial.function", "points": "initial.points"}.get(case["initial"]["kind"], "initial.kind")
         raise CaseError(source, key, str(exc)) from None

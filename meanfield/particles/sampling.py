@@ -92,7 +92,7 @@ def _check_n(n) -> int:
     return int(n)
 
 
-def sample(initial_spec: dict, d: int, n: int | None, seed, mesh=None) -> tuple[np.ndarray, np.ndarray]:
+def sample(initial_spec: dict, d: int, n: int | None, seed, mesh=None, causal: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points ``(n, d)`` on S^{d-1} drawn from the initial density, and their weights.
 
     Parameters
@@ -109,6 +109,11 @@ def sample(initial_spec: dict, d: int, n: int | None, seed, mesh=None) -> tuple[
         ``(initial_spec, d, n, seed)``.
     mesh : Mesh, optional
         ``python`` only: the proposal mesh (default: a fixed internal one).
+    causal : bool
+        A causal case (``model.mask = "causal"``): the points are tokens in prompt order, token
+        ``i`` at position ``s_i = i/n``, and a ``python`` density is ``f(s, x)``: token ``i`` is
+        drawn from ``f(s_i, .)`` (:func:`_sample_python_causal`). Every other kind is the same at
+        every position: its draws are already in an order that carries no information.
 
     Returns
     -------
@@ -131,6 +136,8 @@ def sample(initial_spec: dict, d: int, n: int | None, seed, mesh=None) -> tuple[
         x = _sample_modes(rng, initial_spec["modes"], d, n)
     elif kind == "vmf":
         x = _sample_vmf(rng, initial_spec["centers"], initial_spec["kappas"], initial_spec.get("weights") or None, d, n)
+    elif kind == "python" and causal:
+        x = _sample_python_causal(rng, density_function(initial_spec, d), d, n, mesh)
     elif kind == "python":
         x = _sample_python(rng, density_function(initial_spec, d), d, n, mesh)
     else:
@@ -292,6 +299,80 @@ def _sample_python(rng, f, d: int, n: int, mesh=None) -> np.ndarray:
         if violated is None:
             return np.concatenate(kept)[:n]
         log.debug("python sampler: density exceeds the bound of %d proposal cell(s); bound raised, restarting",
+                  np.unique(violated[0]).size)
+        np.maximum.at(bounds, violated[0], 2.0 * violated[1])
+
+
+def _evaluate_causal(f, s: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``f(s, x)`` checked like :func:`_evaluate`."""
+    return _evaluate(lambda pts: f(s, pts), x)
+
+
+#: Positions at which a causal ``f(s, x)`` is probed for the bounds of its sampler.
+_S_PROBES = 33
+
+
+def _sample_python_causal(rng, f, d: int, n: int, mesh=None) -> np.ndarray:
+    """Tokens ``x_i ~ f(s_i, .)`` (``s_i = i/n``) by rejection: the proposal of
+    :func:`_sample_python` (a point uniform in a cell chosen with probability ``∝ B_j |C_j|``;
+    the uniform law with one bound for ``d >= 4``) with bounds ``B_j`` 1.5 times the largest
+    value of ``f`` over the cell's probe points at 33 positions in ``[0, 1]``. Every round
+    proposes ``k`` candidates to each token still without a point (``k`` from the acceptance
+    rate) and gives each token its first accepted one. Exact for each token where the bounds
+    hold; a proposal above its bound raises that bound (to twice the value) and the sampling
+    restarts on the same stream, as :func:`_sample_python` does."""
+    positions = np.arange(1, n + 1) / n
+    s_probe = np.linspace(0.0, 1.0, _S_PROBES)
+    mesh = mesh if mesh is not None else _proposal_mesh(d)
+    if mesh is None or mesh.d != d or not hasattr(mesh, "cell_quadrature"):
+        probe = uniform_sphere(np.random.default_rng(20240401), 1 << 12, d)[None]  # one "cell": the sphere
+
+        def draw_in_cell(rng_, cell):
+            return uniform_sphere(rng_, cell.size, d), 1.0
+
+        scale, areas = np.ones(1), np.array([sphere_measure(d)])
+    else:
+        pts, _ = mesh.cell_quadrature(6)
+        probe = pts
+        if getattr(mesh, "manifold", "") == "circle":
+            ends = [mesh.edge_points[mesh.cell_edges[:, k]] for k in (0, 1)]
+            probe = np.concatenate([pts, *ends], axis=1)
+        elif hasattr(mesh, "triangles"):
+            probe = np.concatenate([pts, mesh.vertices[mesh.triangles]], axis=1)
+        scale, draw_in_cell = _cell_sampler(mesh)
+        areas = mesh.areas
+    flat = probe.reshape(-1, d)
+    values = np.stack([_evaluate_causal(f, np.full(flat.shape[0], sv), flat).reshape(probe.shape[:2])
+                       for sv in s_probe])  # (S, cells, probes)
+    bounds = 1.5 * values.max(axis=(0, 2))
+    if not bounds.sum() > 0:
+        raise InitialDataError("initial.function vanishes at every probe point: it has no mass to sample")
+    while True:
+        mass = bounds * scale
+        cdf = np.cumsum(mass)
+        cdf /= cdf[-1]
+        rate = float(np.min(np.sum(values.mean(axis=2) * areas, axis=1)) / mass.sum())
+        k = int(min(256, max(1, math.ceil(1.5 / max(rate, 1e-6)))))
+        x = np.empty((n, d))
+        remaining = np.arange(n)
+        violated = None
+        while remaining.size:
+            idx = np.repeat(remaining, k)
+            cell = np.minimum(np.searchsorted(cdf, rng.random(idx.size), side="right"), bounds.size - 1)
+            xc, geometric = draw_in_cell(rng, cell)
+            fx = _evaluate_causal(f, positions[idx], xc)
+            over = fx > bounds[cell]
+            if np.any(over):
+                violated = (cell[over], fx[over])
+                break
+            ok = (rng.random(idx.size) * bounds[cell] < geometric * fx).reshape(remaining.size, k)
+            has = ok.any(axis=1)
+            first = np.argmax(ok, axis=1)
+            x[remaining[has]] = xc.reshape(remaining.size, k, d)[has, first[has]]
+            remaining = remaining[~has]
+        if violated is None:
+            return x
+        log.debug("causal python sampler: density exceeds the bound of %d proposal cell(s); bound raised, restarting",
                   np.unique(violated[0]).size)
         np.maximum.at(bounds, violated[0], 2.0 * violated[1])
 
