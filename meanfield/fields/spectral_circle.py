@@ -138,6 +138,12 @@ _ROUNDOFF = 1e-15
 _TRUNCATION_FLOOR = 1e-18
 #: Extra terms of the backward Bessel-ratio recurrence beyond the truncation.
 _RECURRENCE_EXTRA = 10
+#: Tokens per sub-block of the causal prefix sums (:class:`CausalPrefix`), and the most
+#: sub-blocks per token block.
+PREFIX_SUB = 64
+PREFIX_SUBBLOCKS = 64
+#: Complex numbers held per token block of :meth:`SpectralCircleField.causal_tokens`, per unit of ``block``.
+_CAUSAL_ELEMENTS = 64
 
 # Cost model, in units of one direct (target, source) pair (about 2 ns on one core),
 # fitted to timings of N, M in 2^10..2^15 and L in 12..290: per call, per source,
@@ -295,6 +301,81 @@ def _ive_rows(rho: np.ndarray, L: int, nstart: int) -> np.ndarray:
     H = H[: L + 1]
     H /= norm
     return H
+
+
+class CausalPrefix:
+    """Decayed prefix sums ``S_i = e^{-g} S_{i-1} + v_i`` over the tokens, block by block.
+
+    The causal backends (:meth:`SpectralCircleField.causal_tokens`, and
+    :meth:`~meanfield.fields.spectral_sphere.SpectralSphereField.causal_tokens`) feed the
+    per-token spectral coefficients ``v (F, nb)`` (``F`` features, the tokens along the last
+    axis) of consecutive token blocks; each call returns the prefix sums ``S (F, nb)`` of its
+    block with the state of the earlier blocks carried in. ``g = lambda / n`` is the ALiBi
+    rate (``e^{-g}`` = :func:`~meanfield.fields.causal.token_decay`); ``g = 0``: plain sums.
+
+    The spectral quotients amplify absolute errors of the sums (module docstring: ``1 / Z_s``),
+    so the prefix must not accumulate round-off along the prompt (a running sum of ``n`` terms
+    errs by ``~ sqrt(n) eps`` of their total, and the powers ``fl(e^{-g})^m`` of a recursion
+    by ``m eps`` relative). Three levels keep every ``S_i`` within a few ``eps`` of
+    ``sum_j |v_j|`` and every decay factor within a few ``eps`` of ``e^{-g (i - j)}``, for
+    any ``n``:
+
+    1. sub-blocks of ``s = 64`` tokens: ``local_m = e^{-g m} cumsum_{m' <= m}(e^{g m'} v_{m'})``
+       with the factors computed exactly (:func:`~meanfield.fields.causal.prefix_sum`,
+       ``lfilter``, where ``g (s - 1) > 300`` would overflow them);
+    2. the sub-block totals ``T_q`` (at most :data:`PREFIX_SUBBLOCKS` per block) by
+       :func:`~meanfield.fields.causal.prefix_sum` with the decay ``e^{-g s}``;
+    3. the state before the block carried in extended precision (``numpy.longdouble``) with
+       the exact factor ``e^{-g nb}``,
+
+    ``S_{q s + m} = local_{q,m} + e^{-g (m + 1)} (G_q + e^{-g q s} carry)``, ``G_q`` the
+    exclusive prefix of the totals. Blocks must hold a multiple of ``s`` tokens except the
+    last (which is zero-padded).
+    """
+
+    def __init__(self, features: int, rate: float, dtype=complex):
+        self.rate = float(rate)
+        self.dtype = np.dtype(dtype)
+        self.carry = np.zeros(int(features), dtype=np.clongdouble if self.dtype.kind == "c" else np.longdouble)
+        s = PREFIX_SUB
+        g = self.rate
+        m = np.arange(s)
+        self._scaled = g == 0.0 or g * (s - 1) <= 300.0
+        self._up = np.exp(g * m) if g else None
+        self._down = np.exp(-g * m) if g else None
+        self._down1 = np.exp(-g * (m + 1)) if g else None
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        from .causal import prefix_sum
+
+        s, g = PREFIX_SUB, self.rate
+        F, nb = v.shape
+        nsub = -(-nb // s)
+        if nsub * s != nb:
+            v = np.concatenate([v, np.zeros((F, nsub * s - nb), dtype=v.dtype)], axis=1)
+        v = v.reshape(F, nsub, s)
+        if g == 0.0:
+            local = np.cumsum(v, axis=-1)
+        elif self._scaled:
+            local = np.cumsum(v * self._up, axis=-1)
+            local *= self._down
+        else:
+            local = prefix_sum(v, math.exp(-g), axis=-1)
+        totals = local[:, :, -1]
+        inclusive = prefix_sum(totals, math.exp(-g * s), axis=-1)
+        start = np.empty((F, nsub), dtype=local.dtype)  # the state before each sub-block
+        start[:, 0] = 0.0
+        start[:, 1:] = inclusive[:, :-1]
+        if g == 0.0:
+            start += self.carry.astype(local.dtype)[:, None]
+            local += start[:, :, None]
+            self.carry += inclusive[:, -1]
+        else:
+            start += self.carry.astype(local.dtype)[:, None] * np.exp(-g * s * np.arange(nsub))
+            local += start[:, :, None] * self._down1
+            self.carry *= np.exp(np.longdouble(-g) * (nsub * s))
+            self.carry += inclusive[:, -1]
+        return local.reshape(F, nsub * s)[:, :nb]
 
 
 def _phases(y: np.ndarray) -> np.ndarray:
@@ -500,3 +581,140 @@ class SpectralCircleField(SpectralField):
         if project:
             self._project(out, x)
         return out
+
+    # -----------------------------------------------------------------------------------
+    def causal_tokens(self, x, w, alibi: float = 0.0, project: bool = True, rows=None) -> np.ndarray:
+        """The causal field of ordered tokens by prefix sums of their Fourier moments.
+
+        Token ``i`` attends to ``j <= i`` with the weights ``w_j e^{-lambda (i - j) / n}``
+        (:mod:`meanfield.fields.causal`), so it sees the source moments of its own prefix,
+
+        .. math::
+
+            c^{(i)}_k = \\sum_{j \\le i} w_j e^{-\\lambda (i - j)/n} e^{i k s_j}
+                      = e^{-\\lambda/n} c^{(i-1)}_k + w_i e^{i k s_i}, \\qquad k = 0..L+1,
+
+        and its field is :meth:`evaluate`'s at ``x_i`` from ``c^{(i)}`` (the coefficients
+        ``D^{(i)}`` of :meth:`_coefficients`, elementwise per token instead of one GEMM):
+        ``O(n L)`` time and ``O(block L)`` memory instead of the ``n^2 / 2`` pairs of
+        :func:`~meanfield.fields.causal.masked_direct`. The powers ``e^{i k s_j}`` are product
+        trees (:func:`_power_table`), the prefix runs block by block (:class:`CausalPrefix`:
+        round-off that does not grow with ``n``), the Bessel factors are shared (constant
+        ``rho``) or per token (:func:`_ive_rows`). Accuracy as :meth:`evaluate`: SA tokens
+        whose scaled ``Z_s`` falls below ``z_min`` times their prefix weight
+        ``sum_{j <= i} w_j e^{-lambda (i - j)/n}`` (a clustered prompt at large ``beta``) are
+        recomputed by the masked direct sums of those rows only (``last_fallback`` counts
+        them, over all prompts); USA multiplies ``e^{rho(x_i) - offset}`` back and raises
+        :class:`~meanfield.fields.attention.FieldOverflowError` where ``rho - offset`` exceeds
+        :data:`~meanfield.fields.attention.USA_LOGIT_LIMIT` at a token evaluated.
+
+        Parameters
+        ----------
+        x : array (n, 2) or (B, n, 2)
+            Tokens in prompt order (a batch: ``B`` prompts sharing the weights).
+        w : array (n,)
+            Token weights (``1/n``: the empirical measure).
+        alibi : float
+            The ALiBi slope ``lambda >= 0``.
+        project : bool
+            ``False``: the attention average before ``P_x``.
+        rows : int array, optional
+            Increasing indices of the tokens to evaluate (default all); the prefix still runs
+            over every token up to ``max(rows)``.
+
+        Returns ``(..., len(rows), 2)``, as :func:`~meanfield.fields.causal.masked_direct`.
+        """
+        from .causal import _as_tokens, _check_alibi, _rows, masked_direct
+
+        model = self.model
+        x3, w, batch = _as_tokens(model, x, w)
+        lam = _check_alibi(alibi)
+        B, n, _ = x3.shape
+        r = _rows(rows, n)
+        self.last_fallback = 0
+        out = np.zeros((B, r.size, 2))
+        if r.size == 0 or B == 0:
+            return out.reshape(batch + (r.size, 2))
+        offset = model.logit_offset
+        xr = x3[:, r]
+        if not model.normalized:
+            rho, _ = self._target_logits(xr.reshape(-1, 2))
+            top = float(rho.max()) - offset
+            if top > USA_LOGIT_LIMIT:
+                raise FieldOverflowError(
+                    f"USA attention overflows: beta <Qx, Ky> reaches {top:.1f} on the circle "
+                    f"(exp overflows above {math.log(np.finfo(float).max):.0f}); {USA_OVERFLOW_FIX}"
+                )
+        L = self.truncation
+        K = L + 2
+        end = int(r[-1]) + 1
+        budget = _CAUSAL_ELEMENTS * self.block
+        # prompts per chunk and sub-blocks of PREFIX_SUB tokens per token block
+        pb = max(1, min(B, budget // (K * PREFIX_SUB)))
+        nb = PREFIX_SUB * max(1, min(PREFIX_SUBBLOCKS, budget // (K * pb * PREFIX_SUB)))
+        low = np.zeros((B, r.size), dtype=bool)
+        VT = model.V.T
+        with single_thread_blas():
+            for b0 in range(0, B, pb):
+                b1 = min(B, b0 + pb)
+                nbat = b1 - b0
+                prefix = CausalPrefix(K * nbat, lam / n)
+                for t0 in range(0, end, nb):
+                    t1 = min(end, t0 + nb)
+                    # per-token moments w_j e^{i k s_j}, (K, prompts, tokens), then their prefix
+                    zs = _phases(x3[b0:b1, t0:t1].reshape(-1, 2))
+                    T = _power_table(zs, K).reshape(K, nbat, t1 - t0)
+                    T *= w[t0:t1]
+                    C = prefix(T.reshape(K * nbat, t1 - t0)).reshape(K, nbat, t1 - t0)
+                    lo, hi = np.searchsorted(r, [t0, t1])
+                    if lo == hi:
+                        continue
+                    idx = r[lo:hi] - t0
+                    C = C[:, :, idx].reshape(K, -1)
+                    xt = x3[b0:b1, r[lo:hi]].reshape(-1, 2)
+                    F = self._causal_sums(xt, C)
+                    num = F[1:].T @ VT
+                    if model.normalized:
+                        total = C[0].real
+                        bad = ~(F[0] >= self.z_min * total)  # also catches NaN and an empty prefix
+                        vals = num / np.where(bad, 1.0, F[0])[:, None]
+                        low[b0:b1, lo:hi] = bad.reshape(nbat, -1)
+                    else:
+                        rho, _ = self._target_logits(xt)
+                        scale = np.full_like(rho, self.r1 + self.r2) if self.constant_rho else rho
+                        vals = num * np.exp(scale - offset)[:, None]
+                    out[b0:b1, lo:hi] = vals.reshape(nbat, hi - lo, 2)
+        if model.normalized and low.any():
+            for b in np.flatnonzero(low.any(axis=1)):
+                out[b, low[b]] = masked_direct(model, x3[b], w, lam, project=False, rows=r[low[b]])
+            self.last_fallback = int(np.count_nonzero(low))
+        if not model.normalized and not np.all(np.isfinite(out)):
+            raise FieldOverflowError(f"USA attention sum overflowed double precision; {USA_OVERFLOW_FIX}")
+        if project:
+            out -= np.einsum("bij,bij->bi", out, xr)[..., None] * xr
+        return out.reshape(batch + (r.size, 2))
+
+    def _causal_sums(self, xt: np.ndarray, C: np.ndarray) -> np.ndarray:
+        """``F (3, N)``: the scaled ``Z``, ``sum w e^{logit} cos s`` and ``sum w e^{logit} sin s``
+        at the targets ``xt (N, 2)``, target ``i`` from its own moments ``C[:, i]`` (``k =
+        0..L+1``): with ``g_k = (2 - delta_k0) ive_k(rho_i) e^{-i k phi_i}``,
+        ``F_0 = Re sum_k g_k c_k`` and, :meth:`_coefficients` written out,
+        ``F_1 = Re(S_+ + S_-) / 2``, ``F_2 = Im(S_+ - S_-) / 2`` with
+        ``S_+ = sum_k g_k c_{k+1}``, ``S_- = sum_k g_k c_{k-1}`` (``c_{-1} = conj(c_1)``)."""
+        L = self.truncation
+        rho, zt = self._target_logits(xt)
+        G = _power_table(np.conj(zt), L + 1)
+        if self.constant_rho:
+            G *= self._ive[:, None]
+        else:
+            G *= _ive_rows(rho, L, L + _RECURRENCE_EXTRA)
+        G[1:] *= 2.0
+        F = np.empty((3, xt.shape[0]))
+        F[0] = np.einsum("kn,kn->n", G.real, C[: L + 1].real) - np.einsum("kn,kn->n", G.imag, C[: L + 1].imag)
+        plus = np.einsum("kn,kn->n", G, C[1 : L + 2])
+        minus = G[0] * np.conj(C[1])
+        if L:
+            minus += np.einsum("kn,kn->n", G[1:], C[:L])
+        F[1] = 0.5 * (plus + minus).real
+        F[2] = 0.5 * (plus - minus).imag
+        return F
