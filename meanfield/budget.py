@@ -363,9 +363,12 @@ def _mesh_bytes(manifold: str, n: int, q: int, what: str) -> float:
 
 
 def _pde_phases(manifold: str, n: int, q: int, nq: int, d: int, backend: str, field_extra: float, snapshots: int,
-                ranks: int, pictures: bool) -> dict:
-    """The phases of a PDE run of ``n`` cells (per rank; rank 0 writes)."""
+                ranks: int, pictures: bool, bands: int = 1) -> dict:
+    """The phases of a PDE run of ``n`` cells (per rank; rank 0 writes); ``bands``: the position
+    bands of a causal run, each holding the per-cell arrays of the state, the stages and the
+    snapshots (the mesh and the field's per-call arrays are shared)."""
     n = float(n)
+    b = float(max(1, int(bands)))
     if manifold == "circle":
         c = _CIRCLE
         fv, step, cache = c["fv"], c["step"], 0.0
@@ -382,13 +385,13 @@ def _pde_phases(manifold: str, n: int, q: int, nq: int, d: int, backend: str, fi
     fv_rank = fv / p + (16.0 if p > 1 else 0.0)  # the owned share; the partition's maps
     step_rank = step / p + (_REPLICATED_STAGE if p > 1 else 0.0)
     direct = (_DIRECT_PER_SOURCE * n + _DIRECT_BLOCKS) if backend == "direct" else 0.0
-    kept = 8.0 * n * snapshots  # the density of every snapshot (pictures, compare)
+    kept = 8.0 * n * snapshots * b  # the density of every snapshot (pictures, compare)
     held = mesh + (fv_rank + cache / p) * n + field_extra + direct
-    snap = 3.0 * (2 * d + 3) * 8.0 * n  # the snapshot's arrays, the field at the centres, the npz image
+    snap = 3.0 * (2 * d + 3) * 8.0 * n * b  # the snapshot's arrays, the field at the centres, the npz image
     phases = {
         "mesh": _Phase(_mesh_bytes(manifold, n, q, "build")),
-        "initial": _Phase(mesh + (fv_rank + proj) * n + field_extra),
-        "step": _Phase(held + step_rank * n + kept, BASE_BYTES + vtk),
+        "initial": _Phase(mesh + (fv_rank + proj) * n + field_extra + 8.0 * n * b),
+        "step": _Phase(held + step_rank * n * b + kept, BASE_BYTES + vtk),
         "snapshot": _Phase(held + snap + kept, BASE_BYTES + vtk),
     }
     if manifold == "sphere":
@@ -492,6 +495,8 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
     model = next((h for heads in segments for h in heads), None)  # the energy's cost: the first head's
     pictures = bool(case["output"].get("plots", True))
     circle_spectral = manifold == "circle" and s["scheme"] == "spectral"
+    #: the position bands of a causal PDE: P fields and densities per stage
+    bands = (case["domain"].get("positions") or 1) if case["model"].get("mask") == "causal" else 1
     nq = _quadrature_points(manifold, case["initial"].get("quadrature_degree", 8))
 
     def pde(nc: int, snaps: int = snaps) -> tuple[dict, str, float]:
@@ -503,8 +508,8 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
             if noise:
                 extra += _diffusion_bytes(manifold, nc)
         phases = _pde_phases(manifold, nc, q, nq, d, "spectral" if circle_spectral else name, extra, snaps, ranks,
-                             pictures)
-        return phases, name, cost
+                             pictures, bands)
+        return phases, name, cost * bands
 
     def particle(nn: int, nc: int, held: float, build: float, files: bool, plots: bool,
                  snaps: int = snaps) -> tuple[dict, str, float]:
@@ -554,7 +559,7 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
     phases = phases_for(n_cells, n_particles)
     if kind in ("run", "compare"):
         _, backend, cost = pde(n_cells)
-        fv_seconds = FV_STAGE_SECONDS[manifold] * n_cells * (1.0 + 0.5 * (q - 1))
+        fv_seconds = FV_STAGE_SECONDS[manifold] * n_cells * (1.0 + 0.5 * (q - 1)) * bands
         if circle_spectral:
             seconds = 4 * (cost * PAIR_SECONDS + fv_seconds) / ranks
         else:

@@ -38,7 +38,7 @@ from ..run import agreed, preflight, build_mesh, build_model, drive, restart_pat
 from .sampling import sample
 from ..pde.solver import make_velocity
 
-__all__ = ["ParticleRun", "build_particles", "run_particles", "run_compare", "fit_exponent"]
+__all__ = ["ParticleRun", "band_distances", "build_particles", "run_particles", "run_compare", "fit_exponent"]
 
 log = logging.getLogger("meanfield")
 
@@ -303,14 +303,22 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
                    estimate=False)
     mesh = build_mesh(case, source)
     masses = {round(t, 12): rho * mesh.areas for t, rho in pde.snapshots}
-    rows = []
+    causal = pde.snapshots[0][1].ndim == 2  # bands x cells: compared band by band
+    rows, band_rows = [], []
     last = None
     for n in ns:
         for seed in seeds:
             part = run_particles(case, out_dir=None, n=n, seed=seed, progress=False, source=source,
                                  label=f"particles n={n} seed={seed}", dist=dist, estimate=False)
             for t, x, w in part.snapshots:
-                value = distance(metric, mesh, masses[round(t, 12)], x, w)
+                m = masses[round(t, 12)]
+                if causal:
+                    per_band = band_distances(metric, mesh, m, x, w)
+                    band_rows += [{"t": t, "n": n, "seed": seed, "band": p, "metric": metric, "distance": v}
+                                  for p, v in enumerate(per_band)]
+                    value = float(np.mean(per_band))
+                else:
+                    value = distance(metric, mesh, m, x, w)
                 rows.append({"t": t, "n": n, "seed": seed, "metric": metric, "distance": value})
             last = part.snapshots[-1]
     if dist is not None and not dist.root:
@@ -321,6 +329,13 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
     for row in rows:
         writer.writerow({**row, "t": repr(row["t"]), "distance": repr(row["distance"])})
     atomic_write(out / "compare.csv", buf.getvalue())
+    if causal:  # compare.csv holds the mean over the bands; this file each band's distance
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["t", "n", "seed", "band", "metric", "distance"], lineterminator="\n")
+        writer.writeheader()
+        for row in band_rows:
+            writer.writerow({**row, "t": repr(row["t"]), "distance": repr(row["distance"])})
+        atomic_write(out / "compare_bands.csv", buf.getvalue())
     table = summary_table(rows)
     log.info("%s", table)
     atomic_write(out / "compare.txt", table + "\n")
@@ -329,8 +344,25 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
 
         plots.plot_compare(out / "compare.png", rows)
         t, x, w = last
-        plots.plot_particles(out / "particles.png", mesh, x, w, t=t, density=pde.snapshots[-1][1])
+        density = pde.snapshots[-1][1].mean(axis=0) if causal else pde.snapshots[-1][1]
+        plots.plot_particles(out / "particles.png", mesh, x, w, t=t, density=density)
     return rows
+
+
+def band_distances(metric: str, mesh, masses: np.ndarray, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Causal runs: the distance ``metric`` between band ``p`` of the causal PDE (``masses (P, N)``,
+    each row of mass 1) and the tokens in band ``p`` (token i at ``s = i/n``,
+    :func:`~meanfield.causal_run.token_bands`), their weights renormalized; ``(P,)``."""
+    from ..causal_run import token_bands
+
+    P = masses.shape[0]
+    bands = token_bands(len(x), P)
+    out = np.full(P, np.nan)
+    for p in range(P):
+        sel = bands == p
+        if np.any(sel):
+            out[p] = distance(metric, mesh, masses[p], x[sel], w[sel] / w[sel].sum())
+    return out
 
 
 def summary_table(rows) -> str:
