@@ -475,3 +475,47 @@ def retrieval_experiment(n: int, prompts: int, beta: float, alibi: float, times,
     return RetrievalResult(n=n, prompts=prompts, beta=beta, alibi=lam, M=M, seed=seed, dt=dt,
                            backend=velocity.name, times=t_out, sigma0=sigma0, mean=mean, se=se,
                            theory=theory, discrete=discrete, steps=steps, seconds=seconds)
+
+
+# -- the picture -----------------------------------------------------------------------------------
+def plot_retrieval(result: RetrievalResult, path, title: str | None = None):
+    """The U: one panel per time, the Monte Carlo ``n (A - 1)/2`` with ``+- 1 SE`` bars, the
+    closed form (solid, on a fine grid), the finite-``n`` linear response (dashed), and the
+    closed form's primacy end (first source), recency end (last source) and interior minimum
+    marked. PNG (matplotlib, Agg); returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    r = result
+    T = len(r.times)
+    fig, axes = plt.subplots(1, T, figsize=(4.6 * T, 4.2), squeeze=False)
+    fine = np.linspace(0.5 / r.n, 1.0 - 0.5 / r.n, 400)
+    for k, ax in enumerate(axes[0]):
+        t = float(r.times[k])
+        curve = retrieval_profile(fine, t, r.beta, r.alibi, r.M)
+        ax.plot(fine, curve, color="C0", lw=1.8, label="closed form $S(\\sigma_0)$ ($n\\to\\infty$)")
+        ax.plot(r.sigma0, r.discrete[k], color="C2", lw=1.2, ls="--", label=f"linear response, $n={r.n}$")
+        ax.errorbar(r.sigma0, r.mean[k], yerr=r.se[k], fmt="o", ms=3.5, color="C3", ecolor="C3", elinewidth=1,
+                    capsize=2, label=f"Monte Carlo ($\\pm$1 SE, {r.prompts} prompts)")
+        th = r.theory[k]
+        i_min = int(np.argmin(th))
+        ax.plot([r.sigma0[0]], [th[0]], marker="^", ms=9, color="C1", ls="none", zorder=5, label="primacy ($\\sigma_0\\to 0$)")
+        ax.plot([r.sigma0[-1]], [th[-1]], marker="v", ms=9, color="C4", ls="none", zorder=5, label="recency ($\\sigma_0\\to 1$)")
+        if 0 < i_min < len(th) - 1:
+            ax.plot([r.sigma0[i_min]], [th[i_min]], marker="*", ms=12, color="k", ls="none", zorder=5,
+                    label=f"interior minimum ($\\sigma_0={r.sigma0[i_min]:.2f}$)")
+        tau = float(r.tau[k])
+        ax.set_title(f"$t = {t:g}$ (ours), $\\tau = t/(\\beta I_0(\\beta)) = {tau:.3g}$ (paper)", fontsize=10)
+        ax.set_xlabel("source position $\\sigma_0 = j/n$")
+        ax.set_ylabel("$n\\,(A-1)/2$: centred, scaled soft accuracy")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center")
+    fig.suptitle(title or (f"Lost in the middle: causal SA on the circle, $n={r.n}$, $\\beta={r.beta:g}$, "
+                           f"ALiBi $\\lambda={r.alibi:g}$, $M={r.M:g}$"), fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
