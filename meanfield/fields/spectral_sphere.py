@@ -602,6 +602,8 @@ class SpectralSphereField(SphereSpectralField):
                 if lo == hi:
                     continue
                 idx = r[lo:hi] - t0
+                if idx.size == m:  # every token of the block: no copies
+                    idx = slice(None)
                 Ht = H.reshape(P, nbat, m)[:, :, idx] * lam_p[:, None, None]
                 F = np.einsum("pbi,pfbi->fbi", Ht, S[:, :, :, idx])  # Phi_s, M_s
                 if normalized:
