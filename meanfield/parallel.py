@@ -209,6 +209,12 @@ class Partition:
         out[self._placement] = rows
         return out
 
+    def gather_bands(self, local: np.ndarray) -> np.ndarray:
+        """Per-cell values of the owned cells in every band, ``(P, n_owned, ...)`` -> ``(P, N, ...)``
+        (the causal PDE: every rank owns the same cells of each band); one ``Allgatherv``."""
+        local = np.asarray(local, dtype=float)
+        return np.ascontiguousarray(np.moveaxis(self.gather(np.moveaxis(local, 1, 0)), 0, 1))
+
     def field(self, field, targets, sources, weights, local_sources=None, t: float = 0.0):
         """The field of the whole cell measure at this rank's targets at time ``t`` (see
         :func:`split_evaluate`; ``local_sources`` are the owned cells' centres)."""

@@ -208,6 +208,19 @@ class FiniteVolume:
         step keeping ``rho >= 0`` (over all ranks). ``rho`` is the whole density."""
         if un is None:
             un = self.normal_velocity(rho, t)
+        lu, dt_pos = self.local_rhs(rho, un)
+        if self.partition is not None:
+            # one reduction: the step bound, and whether any rank's derivative is not finite
+            # (then every rank sees a non-finite derivative and fails the same stage)
+            dt_pos, finite = self.partition.min_and_all(dt_pos, bool(np.all(np.isfinite(lu))))
+            if not finite:
+                lu = np.full_like(lu, np.nan)
+        return lu, un, dt_pos
+
+    def local_rhs(self, rho: np.ndarray, un: np.ndarray) -> tuple[np.ndarray, float]:
+        """``(L(rho), dt_pos)`` on this rank's cells for the edge normal velocities ``un``,
+        without the reduction over the ranks (:meth:`rhs` adds it; the causal operator
+        reduces once for all its bands)."""
         values = self._faces(self, rho, self._stencil).reshape(-1, un.shape[1])
         up = np.maximum(un, 0.0)
         down = np.minimum(un, 0.0)
@@ -222,19 +235,16 @@ class FiniteVolume:
         own = rho[self._owned]
         with np.errstate(divide="ignore", invalid="ignore"):
             dt_pos = float(np.min(np.where(outflow > 0, own * self._areas / outflow, np.inf), initial=np.inf))
-        lu = dm / self._areas
-        if self.partition is not None:
-            # one reduction: the step bound, and whether any rank's derivative is not finite
-            # (then every rank sees a non-finite derivative and fails the same stage)
-            dt_pos, finite = self.partition.min_and_all(dt_pos, bool(np.all(np.isfinite(lu))))
-            if not finite:
-                lu = np.full_like(lu, np.nan)
-        return lu, un, dt_pos
+        return dm / self._areas, dt_pos
 
     def cfl_dt(self, un: np.ndarray) -> float:
         """``min_i |C_i| / sum_{edges of i} w |u|``: a CFL number of 1 per unit of this step."""
+        dt = self.local_cfl_dt(un)
+        return dt if self.partition is None else self.partition.min(dt)
+
+    def local_cfl_dt(self, un: np.ndarray) -> float:
+        """:meth:`cfl_dt` on this rank's cells (no reduction over the ranks)."""
         speed = _row_sums(self._weights * np.abs(un))
         per_cell = _row_sums(speed[self._cell_edges])
         with np.errstate(divide="ignore"):
-            dt = float(np.min(np.where(per_cell > 0, self._areas / per_cell, np.inf), initial=np.inf))
-        return dt if self.partition is None else self.partition.min(dt)
+            return float(np.min(np.where(per_cell > 0, self._areas / per_cell, np.inf), initial=np.inf))

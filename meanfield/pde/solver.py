@@ -106,6 +106,17 @@ class Simulation(Stepper):
         each rank updates its own; ``state.rho`` stays the whole density on every rank.
     integrator : SSPRK
         Time integrator (default SSP-RK3).
+    noise : float
+        ``sigma >= 0``: the diffusion ``(sigma^2 / 2) Lap_S rho``, Strang-split (module
+        :mod:`meanfield.pde.diffusion`).
+    positions : int, optional
+        ``P >= 1`` makes this the causal solver (:mod:`meanfield.pde.causal`; the model must
+        be causal, ``mask = "causal"``): ``state.rho`` is then ``(P, N)``, row ``p`` the
+        density of position band ``p`` (each row a probability density on the cells), the
+        field of every band that of its prefix measure; the noise diffuses every band.
+        Everything else (steps, positivity retries, switch times, rate bounds, MPI,
+        restarts) is the same; a causal model without ``positions`` or ``positions``
+        without one is a ``ValueError``.
 
     Steps land exactly on the model's switch times (:meth:`Velocity.next_switch`), so every
     step lies in one interval of constant terms.
@@ -113,10 +124,23 @@ class Simulation(Stepper):
 
     def __init__(self, mesh: Mesh, model, scheme: str = "muscl", field=None, backend: str = "auto",
                  cfl: float = 0.4, rate_cfl: float = 0.1, dt_max: float = math.inf, integrator: SSPRK = SSPRK3,
-                 tolerance: float = 1e-10, dist=None, noise: float = 0.0):
+                 tolerance: float = 1e-10, dist=None, noise: float = 0.0, positions: int | None = None):
         dynamics = as_velocity_model(model)
         if mesh.d != dynamics.d:
             raise ValueError(f"model is for d = {dynamics.d} but the mesh lives in R^{mesh.d}")
+        if positions is not None:
+            if isinstance(positions, bool) or not isinstance(positions, (int, np.integer)) or positions < 1:
+                raise ValueError(f"domain.positions must be an integer >= 1 (the position bands of a causal "
+                                 f"mean field), got {positions!r}")
+            if not dynamics.causal:
+                raise ValueError(f"domain.positions = {positions} is for a causal mean field: it needs "
+                                 "model.mask = \"causal\"")
+            positions = int(positions)
+        elif dynamics.causal:
+            raise ValueError("a causal model (model.mask = \"causal\") lives on [0, 1] x the manifold: give "
+                             "domain.positions, the number of position bands")
+        #: ``P`` for the causal solver (``state.rho (P, N)``), else ``None``
+        self.positions = positions
         if not 0 < cfl <= 1:
             raise ValueError(f"cfl must be in (0, 1], got {cfl}")
         self.mesh = mesh
@@ -131,7 +155,13 @@ class Simulation(Stepper):
             # (the domain split takes care of MPI: each head's backend is the serial one)
             field = make_velocity(dynamics, backend, tolerance, n_targets=mesh.edge_points.shape[0] * mesh.edge_points.shape[1],
                                   n_sources=mesh.n_cells)
-        self.fv = FiniteVolume(mesh, field, scheme, partition=self.partition)
+        if positions is None:
+            self.fv = FiniteVolume(mesh, field, scheme, partition=self.partition)
+        else:
+            from .causal import CausalFiniteVolume
+
+            self.fv = CausalFiniteVolume(mesh, field, positions, scheme, partition=self.partition,
+                                         alibi=dynamics.alibi)
         self.velocity_field = self.fv.field
         self.cfl = cfl
         self.rate_cfl = rate_cfl
@@ -183,9 +213,9 @@ class Simulation(Stepper):
             u0 = state.rho
         else:  # the integrator updates the owned cells; each stage replicates the density
             def operator(u):
-                return self.fv.rhs(self.partition.gather(u), t=t)
+                return self.fv.rhs(self._gather(u), t=t)
 
-            u0 = state.rho[self.partition.cells]
+            u0 = self._owned(state.rho)
         for _ in range(30):
             try:
                 rho = self.integrator.step(operator, u0, dt, stage0=stage0)
@@ -197,9 +227,17 @@ class Simulation(Stepper):
         else:
             raise NonFiniteStateError(f"t={state.t:.6g}: no admissible step found (dt fell to {dt:.3e})")
         if self.partition is not None:
-            rho = self.partition.gather(rho)
+            rho = self._gather(rho)
         self._accept(state, rho, dt, t_limit)
         return dt
+
+    def _owned(self, rho: np.ndarray) -> np.ndarray:
+        """This rank's cells of ``rho`` (of every band: the causal solver)."""
+        return rho[self.partition.cells] if self.positions is None else rho[:, self.partition.cells]
+
+    def _gather(self, local: np.ndarray) -> np.ndarray:
+        """The whole density from every rank's owned cells (of every band)."""
+        return self.partition.gather(local) if self.positions is None else self.partition.gather_bands(local)
 
     #: Diffusion steps are rounded down to this ladder (2^(k/4)), so that a run factorizes the
     #: implicit diffusion matrix for a few step sizes only (plus the steps that land on output
@@ -236,7 +274,10 @@ class Simulation(Stepper):
         return dt
 
     def _diffuse(self, rho: np.ndarray, tau: float) -> np.ndarray:
-        out = self.diffusion.implicit_step(rho, tau)
+        if self.positions is None:
+            out = self.diffusion.implicit_step(rho, tau)
+        else:  # every band diffuses on its own (no transport, nor diffusion, in s)
+            out = np.stack([self.diffusion.implicit_step(r, tau) for r in rho])
         if not np.all(np.isfinite(out)):
             raise NonFiniteStateError("the implicit diffusion step is not finite")
         return out
@@ -246,9 +287,8 @@ class Simulation(Stepper):
         :class:`StepRejected`); returns the whole new density."""
         if self.partition is None:
             return self.integrator.step(lambda u: self.fv.rhs(u, t=t), rho, dt, stage0=stage0)
-        part = self.partition
-        new = self.integrator.step(lambda u: self.fv.rhs(part.gather(u), t=t), rho[part.cells], dt, stage0=stage0)
-        return part.gather(new)
+        new = self.integrator.step(lambda u: self.fv.rhs(self._gather(u), t=t), self._owned(rho), dt, stage0=stage0)
+        return self._gather(new)
 
     def _accept(self, state: State, rho: np.ndarray, dt: float, t_limit: float) -> None:
         if not np.all(np.isfinite(rho)):
@@ -262,5 +302,6 @@ class Simulation(Stepper):
         self.finish_step(state, dt, t_limit)
 
     def velocity(self, rho: np.ndarray, t: float = 0.0) -> np.ndarray:
-        """The field X(t) at cell centres for the density ``rho``."""
+        """The field X(t) at cell centres for the density ``rho``: ``(N, d)``, or ``(P, N, d)``
+        for the causal solver (the field of every band)."""
         return self.fv.velocity_at_centers(rho, t)
