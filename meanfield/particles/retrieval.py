@@ -512,7 +512,7 @@ def plot_retrieval(result: RetrievalResult, path, title: str | None = None):
         ax.set_ylabel("$n\\,(A-1)/2$: centred, scaled soft accuracy")
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center")
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
     fig.suptitle(title or (f"Lost in the middle: causal SA on the circle, $n={r.n}$, $\\beta={r.beta:g}$, "
                            f"ALiBi $\\lambda={r.alibi:g}$, $M={r.M:g}$"), fontsize=11)
     fig.tight_layout()
