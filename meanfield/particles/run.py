@@ -314,7 +314,7 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
                 m = masses[round(t, 12)]
                 if causal:
                     per_band = band_distances(metric, mesh, m, x, w)
-                    band_rows += [{"t": t, "n": n, "seed": seed, "band": p, "metric": metric, "distance": v}
+                    band_rows += [{"t": t, "n": n, "seed": seed, "band": p, "metric": metric, "distance": float(v)}
                                   for p, v in enumerate(per_band)]
                     value = float(np.mean(per_band))
                 else:
