@@ -10,6 +10,10 @@ The step is the smallest of
 
 Each stage is checked against the exact forward-Euler positivity bound; a step that would
 make a density negative is rejected and retried with the admissible step.
+
+A causal model (``mask = "causal"``) with ``positions = P`` is solved on ``P`` position bands
+times the cells (:class:`~meanfield.pde.causal.CausalFiniteVolume`, ``state.rho (P, N)``) by
+the same steps; the bounds above are then minima over the bands.
 """
 
 from __future__ import annotations
