@@ -181,16 +181,17 @@ class Velocity:
         - ``weights (n,)``: the targets are ordered tokens and the sources the same tokens
           (the particles' ``field(x, x, w)``; ``x`` may be a batch ``(B, n, d)``): token ``i``
           attends to ``j <= i`` (:meth:`tokens`; ``rows``: the tokens to evaluate);
-        - ``weights (P, M)``: one measure per position band, already the prefix measures of
-          :func:`~meanfield.fields.causal.band_measures` (the causal PDE): the field of each,
-          stacked ``(P, N, d)``.
+        - ``weights (P, M)`` (any model, serial): one measure per row, e.g. the prefix measures of
+          :func:`~meanfield.fields.causal.band_measures` of the causal PDE's bands: the unmasked
+          field of each, stacked ``(P, N, d)`` (:meth:`_bands`).
         """
+        if np.ndim(weights) == 2:  # several measures on the same sources (the causal mean field's bands)
+            if evaluate is not None or local_sources is not None:
+                raise ValueError("the band form (weights (P, M)) is serial; an MPI split evaluates one band at a "
+                                 "time (meanfield.pde.causal)")
+            return self._bands(targets, sources, np.asarray(weights, dtype=float), project, t)
         if self.model.causal:
-            w = np.asarray(weights)
-            if w.ndim == 2:  # the position bands of the causal mean field: one measure per band
-                return np.stack([self(targets, sources, wp, project=project, t=t, local_sources=local_sources,
-                                      evaluate=evaluate) for wp in w])
-            return self.tokens(targets, w, project=project, t=t, rows=rows)
+            return self.tokens(targets, weights, project=project, t=t, rows=rows)
         if rows is not None:
             raise ValueError("rows selects tokens of a causal model; this model has no mask")
         layer = self.layer(t)
@@ -216,6 +217,33 @@ class Velocity:
                 out = p if out is None else out + p
         if out is None:
             out = np.zeros(np.shape(as_points(targets)), dtype=float)
+        return out
+
+    def _bands(self, targets, sources, weights, project, t) -> np.ndarray:
+        """The band form (see :meth:`__call__`): the unmasked field of every row of ``weights``,
+        ``(P, N, d)``. A backend with a ``bands`` method (the direct sums) evaluates all bands
+        in one pass over the logits; every other backend one band at a time."""
+        layer = self.layer(t)
+        P = weights.shape[0]
+        kw = {} if project else {"project": False}
+        out = None
+        with single_thread_blas():
+            for slot, (weight, backend) in enumerate(layer.heads):
+                tp = self._plan_for(backend, targets, layer.planned, slot)
+                sp = tp if sources is targets else self._plan_for(backend, sources, layer.planned, slot)
+                if hasattr(backend, "bands"):
+                    v = backend.bands(tp, sp, weights, project=project)
+                else:
+                    v = np.stack([backend(tp, sp, wp, **kw) for wp in weights])
+                if out is None:
+                    out = v if weight == 1.0 else weight * v
+                else:
+                    out += v if weight == 1.0 else weight * v
+            if layer.perceptron is not None:
+                p = layer.perceptron(np.asarray(as_points(targets), dtype=float), project=project)
+                out = np.broadcast_to(p, (P,) + p.shape).copy() if out is None else out + p
+        if out is None:
+            out = np.zeros((P, len(as_points(targets)), self.d), dtype=float)
         return out
 
     def tokens(self, x, weights, project: bool = True, t: float = 0.0, rows=None) -> np.ndarray:

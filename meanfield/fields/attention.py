@@ -332,6 +332,46 @@ class DirectField:
             out -= np.einsum("ij,ij->i", out, x)[:, None] * x
         return out
 
+    def bands(self, targets, sources, weights, project: bool = True) -> np.ndarray:
+        """The fields of ``P`` measures on the same sources, ``weights (P, M)``: ``(P, N, d)``
+        (the position bands of the causal mean field). One logit matrix per block of targets
+        serves every band: ``exp`` once, then one matrix product with the ``(M, P)`` weights
+        (and ``(M, P d)`` weighted values) instead of ``P`` calls. SA shifts each row by its
+        largest logit over the sources any band weighs; a band whose sum underflows there
+        (logits spread over more than ~700, i.e. ``beta ||Q^T K|| > 350``) is recomputed by
+        :meth:`__call__` alone."""
+        model = self.model
+        W = np.ascontiguousarray(weights, dtype=float)
+        x = check_targets(model, as_points(targets))
+        y = np.ascontiguousarray(as_points(sources), dtype=float)
+        if W.ndim != 2 or W.shape[1] != y.shape[0]:
+            raise ValueError(f"band weights must have shape (P, {y.shape[0]}), got {W.shape}")
+        for row in W:
+            check_sources(model, y, row)
+        P, d = W.shape[0], model.d
+        out = np.empty((x.shape[0], P, d))
+        if x.shape[0] and P:
+            keep = np.any(W > 0, axis=0)
+            if not np.all(keep):
+                y, W = y[keep], W[:, keep]
+            ky = y @ model.interaction.T
+            vy = y @ model.V.T
+            wt = np.ascontiguousarray(W.T)  # (M, P)
+            wvy = (wt[:, :, None] * vy[:, None, :]).reshape(y.shape[0], P * d)
+            block = max(1, self.block_elements // max(1, y.shape[0]))
+            with single_thread_blas():
+                for start in range(0, x.shape[0], block):
+                    stop = min(start + block, x.shape[0])
+                    out[start:stop] = self._block(x[start:stop], ky, wt, wvy).reshape(stop - start, P, d)
+        out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        if model.normalized:
+            bad = ~np.all(np.isfinite(out), axis=(1, 2))
+            for p in np.flatnonzero(bad):  # underflow of a band's sum under the shared shift
+                out[p] = self(x, as_points(sources), weights[p], project=False)
+        if project:
+            out -= np.einsum("pij,ij->pi", out, x)[:, :, None] * x[None]
+        return out
+
     def _block(self, xb, ky, w, wvy, bias=None):
         """The sums of one block of targets ``xb (..., b, d)`` against the sources' ``ky = A y``,
         ``w`` and ``w V y`` (batched over leading axes); ``bias`` ``(b, m)`` is added to the
@@ -342,6 +382,11 @@ class DirectField:
         if self.model.normalized:
             logits -= logits.max(axis=-1, keepdims=True)
             np.exp(logits, out=logits)
+            if w.ndim == 2:  # bands: w (M, P), wvy (M, P d)
+                z = logits @ w
+                num = (logits @ wvy).reshape(z.shape + (-1,))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return num / z[..., None]
             return (logits @ wvy) / (logits @ w)[..., None]
         offset = self.model.logit_offset
         if offset:  # shifted USA: every logit <= 0 (up to rounding), nothing overflows

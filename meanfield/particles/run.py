@@ -59,7 +59,8 @@ def build_particles(case: dict, n: int | None = None, seed: int | None = None, s
         key = {"python": "initial.function", "points": "initial.points"}.get(case["initial"]["kind"], "initial.kind")
         raise CaseError(source, key, str(exc)) from None
     try:
-        field = make_velocity(model, s["backend"], s["tolerance"], n_targets=len(x), n_sources=len(x), dist=dist)
+        field = make_velocity(model, s["backend"], s["tolerance"], n_targets=len(x), n_sources=len(x), dist=dist,
+                              tokens=model.causal)
     except ValueError as exc:
         raise CaseError(source, "solver.backend", str(exc)) from None
     try:

@@ -71,9 +71,9 @@ def unmasked_velocity(velocity: Velocity) -> Velocity:
     and plans' settings: its ordinary call ``(targets, sources, weights (M,), t=)`` is the
     field of one measure, the form every band's prefix measure is evaluated in.
 
-    (The band form of :meth:`Velocity.__call__`, weights ``(P, M)``, is not used: its per-band
-    calls take the token path of a causal model, and its MPI ``evaluate`` hook sees the whole
-    ``(P, M)`` weights; the bands are evaluated here, one ordinary call per band.)
+    Serially the bands go to its band form (weights ``(P, M)``, :meth:`Velocity.__call__`: the
+    direct sums take all bands in one pass over the logits); under MPI each band is one
+    ordinary split call (the split's ``evaluate`` hook takes one measure).
     """
     if not velocity.model.causal:
         return velocity
@@ -154,6 +154,8 @@ class CausalFiniteVolume:
         measures = self.band_measures(rho)
         if self.partition is None:
             at = fv._at(t)
+            if isinstance(self.band_field, Velocity):  # the band form: one pass of the direct sums for all bands
+                return self.band_field(targets, fv._centers, measures, **at)
             return np.stack([self.band_field(targets, fv._centers, m, **at) for m in measures])
         part = self.partition
         return np.stack([part.field(self.band_field, targets, mesh.centers, m, fv._owned_centers, t=t)

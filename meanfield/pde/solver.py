@@ -47,7 +47,7 @@ class State:
 
 
 def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 1e-10, n_targets: int | None = None,
-               n_sources: int | None = None, dist=None):
+               n_sources: int | None = None, dist=None, tokens: bool = False):
     """The attention-field backend named ``backend`` for ``model``.
 
     ``"direct"``: exact blocked sums. ``"spectral"``: truncated Fourier (S^1, any 2 x 2
@@ -60,8 +60,10 @@ def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 
     below half the direct cost, else direct. With a :class:`~meanfield.parallel.Distributor`
     ``dist`` of more than one rank, the targets are split across the ranks (particles; the
     finite-volume solver splits its cells itself, :class:`~meanfield.parallel.Partition`).
+    ``tokens``: the head evaluates ``n_targets`` causal tokens; ``"auto"`` then weighs the
+    prefix sums against the masked direct sums (:func:`~meanfield.fields.backends.make_backend`).
     """
-    field = make_backend(model, backend, tolerance, n_targets, n_sources)
+    field = make_backend(model, backend, tolerance, n_targets, n_sources, tokens=tokens)
     if dist is not None and dist.size > 1:
         from ..parallel import DistributedField
 
@@ -70,16 +72,20 @@ def make_field(model: AttentionModel, backend: str = "auto", tolerance: float = 
 
 
 def make_velocity(model, backend: str = "auto", tolerance: float = 1e-10, n_targets: int | None = None,
-                  n_sources: int | None = None, dist=None):
+                  n_sources: int | None = None, dist=None, tokens: bool = False):
     """The :class:`~meanfield.dynamics.velocity.Velocity` of ``model`` (a
     :class:`~meanfield.dynamics.model.VelocityModel` or one :class:`AttentionModel`), each head's
     backend from :func:`make_field` ``(head, backend, tolerance, n_targets, n_sources)``; with
     a :class:`~meanfield.parallel.Distributor` of more than one rank the targets are split
-    across the ranks (:class:`~meanfield.parallel.DistributedField`, the particles)."""
-    def head_backend(head):
-        return make_field(head, backend, tolerance, n_targets=n_targets, n_sources=n_sources)
+    across the ranks (:class:`~meanfield.parallel.DistributedField`, the particles).
+    ``tokens``: the velocity will evaluate causal tokens (the particles of a causal model),
+    which ``"auto"`` weighs by their own costs."""
+    dynamics = as_velocity_model(model)
 
-    velocity = Velocity(as_velocity_model(model), head_backend)
+    def head_backend(head):
+        return make_field(head, backend, tolerance, n_targets=n_targets, n_sources=n_sources, tokens=tokens)
+
+    velocity = Velocity(dynamics, head_backend)
     if dist is not None and dist.size > 1:
         from ..parallel import DistributedField
 
