@@ -33,9 +33,11 @@ def _pyplot():
 
 
 
-def _save(plt, fig, path) -> Path:
-    """Lay out, write (110 dpi) and close ``fig``; returns the path."""
-    fig.tight_layout()
+def _save(plt, fig, path, tight: bool = True) -> Path:
+    """Lay out (``tight``; ``False`` for a figure with its own layout engine), write (110 dpi)
+    and close ``fig``; returns the path."""
+    if tight:
+        fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -174,7 +176,7 @@ def plot_causal(path, mesh, snapshots, criterion=None) -> Path:
     P = snapshots[0][1].shape[0]
     positions = band_centres(P)
     s_edges = np.linspace(0.0, 1.0, P + 1)
-    fig = plt.figure(figsize=(13, 7.5))
+    fig = plt.figure(figsize=(13, 7.5), layout="constrained")
     grid = fig.add_gridspec(2, 6, height_ratios=[1.15, 1])
     if mesh.manifold == "circle":
         picks = [snapshots[0], snapshots[len(snapshots) // 2], snapshots[-1]]
@@ -195,7 +197,7 @@ def plot_causal(path, mesh, snapshots, criterion=None) -> Path:
             ax.set_yticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
             if k == 0:
                 ax.set_ylabel("angle θ")
-        fig.colorbar(img, ax=fig.axes[:3], label="density (log scale)", fraction=0.03)
+        fig.colorbar(img, ax=fig.axes[:3], label="density (log scale)", shrink=0.9, pad=0.01)
     else:
         t = np.array([sn[0] for sn in snapshots])
         orders = np.array([band_diagnostics(mesh, rho, criterion)[0] for _, rho in snapshots])
@@ -211,7 +213,7 @@ def plot_causal(path, mesh, snapshots, criterion=None) -> Path:
         order, clusters = band_diagnostics(mesh, rho, criterion)
         profiles.append((t, order, clusters))
     _band_panels(fig, (fig.add_subplot(grid[1, :3]), fig.add_subplot(grid[1, 3:])), positions, profiles)
-    return _save(plt, fig, path)
+    return _save(plt, fig, path, tight=False)
 
 
 def plot_causal_tokens(path, points, t0_points, t: float, bands: int, criterion=None) -> Path:
