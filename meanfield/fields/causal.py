@@ -50,8 +50,9 @@ of band ``p`` is the ordinary field of the measure ``m_p`` on the cells. SA need
 normalization (``Z`` sums the same ``m_p``); for USA ``m_p`` carries the total weight
 ``int_0^{s_p} e^{-lambda (s_p - s')} ds' = e^{-lambda s_p} W(s_p)``,
 ``W(s) = (e^{lambda s} - 1) / lambda``, as the mean field does. The midpoint in ``s`` and
-the piecewise constant ``f`` make the scheme second order in ``h``
-(docs/causal.md: the measured orders against the exact linearized solutions).
+the piecewise constant ``f`` make the scheme second order in ``h`` for data flat at ``s = 0``,
+first order in the maximum norm otherwise (the first band; docs/causal.md: the measured
+orders against the exact linearized solutions).
 """
 
 from __future__ import annotations
