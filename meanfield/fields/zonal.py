@@ -219,24 +219,17 @@ class ZonalField:
             return self._band_phi, self._band_share
         return self._frame(sources)[0], None
 
-    def _kernels(self, phi_t: np.ndarray, phi_r: np.ndarray, share, keep=None):
+    def _kernels(self, phi_t: np.ndarray, phi_r: np.ndarray, share):
         """Scaled kernels ``(K0, K1, Ku)`` ``(N, M)`` and row exponents ``E_max (N,)``: the
         contributions per unit mass of each source to ``Z``, ``N_1`` and ``N_u`` at each target,
-        times ``exp(-E_max)``. ``share``: collapse the band rings onto their bands; ``keep``:
-        only these sources' rings set ``E_max`` (the rescue of an SA row that underflowed)."""
+        times ``exp(-E_max)``, ``E_max`` the largest exponent ``E`` of the row. ``share``:
+        collapse the band rings onto their bands."""
         beta = self.model.beta
         ct, st = np.cos(phi_t)[:, None], np.sin(phi_t)[:, None]
         cr, sr = np.cos(phi_r)[None, :], np.sin(phi_r)[None, :]
         r = (beta * self.c) * (st * sr)
         expo = (beta * self.a) * (ct * cr) + np.abs(r)
-        if share is not None:
-            expo3 = expo.reshape(expo.shape[0], -1, share.shape[1])
-            if keep is not None:
-                emax = expo3[:, keep].max(axis=(1, 2))
-            else:
-                emax = expo.max(axis=1)
-        else:
-            emax = (expo[:, keep] if keep is not None else expo).max(axis=1)
+        emax = expo.max(axis=1) if expo.shape[1] else np.zeros(expo.shape[0])
         # e^{beta a cos cos'} Phi(r) e^{-E_max} = e^{E - E_max} (e^{-|r|} Phi(r))
         scale = np.exp(expo - emax[:, None])
         f0, f1 = ring_functions(self.d, r)
@@ -282,12 +275,18 @@ class ZonalField:
         nu = ku @ w
         if model.normalized:
             bad = ~(z > 0)
-            if np.any(bad):  # every ring with mass lies far below the row's largest exponent
+            if np.any(bad):
+                # every ring with mass lies so far below the row's largest exponent that its
+                # weight underflowed: those rows again, scaled by the sources with mass only
                 rows = np.flatnonzero(bad)
                 phi_r, share = self._rings(y)
                 keep = w > 0
-                k0b, k1b, kub, _ = self._kernels(phi[rows], phi_r, share, keep=keep)
-                z[rows], n1[rows], nu[rows] = k0b @ w, k1b @ w, kub @ w
+                if share is not None:
+                    phi_r, share = phi_r.reshape(share.shape)[keep].ravel(), share[keep]
+                else:
+                    phi_r = phi_r[keep]
+                k0b, k1b, kub, _ = self._kernels(phi[rows], phi_r, share)
+                z[rows], n1[rows], nu[rows] = k0b @ w[keep], k1b @ w[keep], kub @ w[keep]
             n1 = n1 / z
             nu = nu / z
         else:
