@@ -13,7 +13,7 @@ from meanfield.dynamics.perceptron import Perceptron
 from meanfield.fields.attention import AttentionModel, DirectField, FieldOverflowError, growth_rate
 from meanfield.fields.zonal import ZonalField, axial_parameters, ring_functions, zonal_velocity
 from meanfield.geometry.sphere import load_icosahedral
-from meanfield.geometry.zonal import ZonalMesh, sphere_measure
+from meanfield.geometry.zonal import ZonalDiffusion, ZonalMesh, sphere_measure
 from meanfield.pde.finite_volume import FiniteVolume
 from meanfield.pde.solver import Simulation, State
 
@@ -309,10 +309,14 @@ def test_d3_pde_against_icosahedral_solver():
 
 
 # -- the linear rates ---------------------------------------------------------------------------
-def measured_rate(d, cells, l, beta, normalized, T=1.0, eps=1e-6):
+def measured_rate(d, cells, l, beta, normalized, T=1.0, eps=1e-6, sigma=0.0):
     mesh = ZonalMesh(d, cells)
     model = AttentionModel(d, beta, normalized=normalized)
     sim = Simulation(mesh, model, field=zonal_velocity(model, mesh), dt_max=0.05)
+    if sigma:
+        # the solver's Strang splitting with the zonal Laplacian (Simulation(noise=) builds the
+        # sphere meshes' Diffusion, which does not know zonal meshes)
+        sim.noise, sim.diffusion = sigma, ZonalDiffusion(mesh, 0.5 * sigma**2)
     st = State(0.0, mesh.cell_averages(lambda x: (1 + eps * mesh.gegenbauer(l, mesh.polar_angle(x))) / mesh.total_measure, 8))
     a0 = mesh.gegenbauer_coefficient(st.rho, l)
     sim.advance(st, T)
@@ -361,3 +365,42 @@ def test_finite_volume_with_a_bare_backend():
     b = FiniteVolume(mesh, zonal_velocity(model, mesh)).rhs(rho)
     assert np.array_equal(a[0], b[0]) and a[2] == b[2]
     assert abs(np.dot(a[0], mesh.areas)) < 1e-15 * np.abs(a[0] * mesh.areas).sum()
+
+
+@pytest.mark.parametrize("d,l,beta,sigma", [(4, 2, 3.0, 0.6), (5, 1, 1.0, 0.3), (8, 2, 4.0, 0.5)])
+@pytest.mark.parametrize("normalized", [True, False], ids=["SA", "USA"])
+def test_gegenbauer_growth_rates_with_noise(d, l, beta, sigma, normalized):
+    """With noise the rates lose (sigma^2 / 2) l (l + d - 2) (SPEC section 5); order 2."""
+    exact = growth_rate(l, beta, d, normalized) - 0.5 * sigma**2 * l * (l + d - 2)
+    errs = np.array([abs(measured_rate(d, n, l, beta, normalized, sigma=sigma) / exact - 1) for n in (16, 32, 64)])
+    orders = np.log2(errs[:-1] / errs[1:])
+    assert errs[-1] < 1e-2 and np.all(orders > 1.7), (errs, orders)
+
+
+def test_zonal_diffusion():
+    d = 5
+    c = 0.3
+    errs = []
+    for cells in (20, 40, 80):
+        mesh = ZonalMesh(d, cells)
+        D = ZonalDiffusion(mesh, c)
+        y = mesh.cell_averages(lambda x: mesh.gegenbauer(3, mesh.polar_angle(x)), 8)
+        # Rayleigh quotient of the Gegenbauer mode against -c l (l + d - 2)
+        q = np.dot(D.apply(y) * mesh.areas, y) / np.dot(y * mesh.areas, y)
+        errs.append(abs(q / -D.rate(3) - 1))
+        assert np.allclose(D.matrix @ y, D.apply(y), rtol=0, atol=1e-12 * np.abs(D.apply(y)).max())
+        assert abs(np.dot(D.apply(y), mesh.areas)) < 1e-13 * np.abs(D.apply(y) * mesh.areas).sum()
+    orders = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert np.all(orders > 1.9), (errs, orders)
+    # a point mass in one band: mass kept and nonnegative at any step (the Euler fallback)
+    mesh = ZonalMesh(d, 40)
+    D = ZonalDiffusion(mesh, c)
+    rho = np.zeros(40)
+    rho[20] = 1.0 / mesh.areas[20]
+    for dt in (1e-4, 1e-2, 1.0, 100.0):
+        out = D.implicit_step(rho, dt)
+        assert out.min() >= 0 and np.dot(out, mesh.areas) == pytest.approx(1.0, abs=1e-14)
+    # a long step relaxes to the uniform density (implicit Euler damps the l = 1 mode by 1 / (1 + 1.2 dt))
+    assert D.implicit_step(rho, 1e5) == pytest.approx(np.full(40, 1 / mesh.total_measure), rel=1e-3)
+    with pytest.raises(ValueError):
+        ZonalDiffusion(mesh, -1.0)
