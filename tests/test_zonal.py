@@ -309,9 +309,12 @@ def test_d3_pde_against_icosahedral_solver():
 
 
 # -- the linear rates ---------------------------------------------------------------------------
-def measured_rate(d, cells, l, beta, normalized, T=1.0, eps=1e-6, sigma=0.0):
+def measured_rate(d, cells, l, beta, normalized, eps=1e-6, sigma=0.0):
+    """The growth rate of the Gegenbauer coefficient over ``[0, T]``, ``T = min(1, 3 / |rate|)``
+    (``eps e^{rate T}`` stays linear)."""
     mesh = ZonalMesh(d, cells)
     model = AttentionModel(d, beta, normalized=normalized)
+    T = min(1.0, 3.0 / abs(growth_rate(l, beta, d, normalized) - 0.5 * sigma**2 * l * (l + d - 2)))
     sim = Simulation(mesh, model, field=zonal_velocity(model, mesh), dt_max=0.05)
     if sigma:
         # the solver's Strang splitting with the zonal Laplacian (Simulation(noise=) builds the
