@@ -276,6 +276,47 @@ class Velocity:
             out = np.zeros(shape, dtype=float)
         return out
 
+    def batch(self, x, weights, project: bool = True, t: float = 0.0) -> np.ndarray:
+        """The field of ``B`` independent prompts, each on itself: ``x (B, n, d)``, the same token
+        weights ``weights (n,)`` for every prompt; returns ``(B, n, d)``,
+
+        ``X_b(t, x_bi) = sum_h w_h X_h[mu_b](x_bi) + P_x(W sigma(U x_bi + b))``,
+        ``mu_b = sum_j w_j delta_{x_bj}``,
+
+        with the terms acting at ``t``, in one vectorized evaluation (no Python loop over
+        prompts). Every head is summed exactly by the batched direct sums
+        (:meth:`~meanfield.fields.attention.DirectField.batch` of the head's model: the
+        ``(prompts, n, n)`` logits in blocks of about ``2^18`` entries), whichever backend the
+        velocity holds for single prompts (a spectral transform of ``n`` tokens pays only for
+        large ``n``); the perceptron is pointwise; the sum is projected once (``P_x`` is
+        linear). A causal model goes through :meth:`tokens`, which already takes batches.
+        ``project=False``: the sum before ``P_x``."""
+        from ..fields.attention import DirectField
+
+        x = np.asarray(as_points(x), dtype=float)
+        if x.ndim != 3 or x.shape[2] != self.d:
+            raise ValueError(f"a batch of prompts must have shape (B, n, {self.d}), got {x.shape}")
+        if self.model.causal:
+            return self.tokens(x, weights, project=project, t=t)
+        layer = self.layer(t)
+        out = None
+        with single_thread_blas():
+            for weight, backend in layer.heads:
+                direct = backend if isinstance(backend, DirectField) else DirectField(backend.model)
+                v = direct.batch(x, weights, project=False)
+                if out is None:
+                    out = v if weight == 1.0 else weight * v
+                else:
+                    out += v if weight == 1.0 else weight * v
+            if layer.perceptron is not None:
+                p = layer.perceptron(x.reshape(-1, self.d), project=False).reshape(x.shape)
+                out = p if out is None else out + p
+        if out is None:
+            out = np.zeros(x.shape, dtype=float)
+        elif project:
+            out -= np.einsum("bij,bij->bi", out, x)[..., None] * x
+        return out
+
     @property
     def velocity(self) -> "Velocity":
         """Itself (a :class:`~meanfield.parallel.DistributedField` of a velocity has the same

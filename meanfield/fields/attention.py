@@ -372,6 +372,55 @@ class DirectField:
             out -= np.einsum("pij,ij->pi", out, x)[:, :, None] * x[None]
         return out
 
+    def batch(self, x, weights, project: bool = True) -> np.ndarray:
+        """The field of each of ``B`` independent prompts on itself: ``x (B, n, d)`` (row ``b``
+        the tokens of prompt ``b``, targets = sources), the same token weights ``weights (n,)``
+        for every prompt; returns ``(B, n, d)``,
+
+        .. math::
+
+            X_b(x_{bi}) = P_{x_{bi}}\\Big( \\frac{\\sum_j w_j e^{\\langle x_{bi}, A x_{bj}\\rangle} V x_{bj}}{Z_{bi}} \\Big),
+            \\qquad A = \\beta Q^T K,
+
+        prompt ``b`` seeing only its own tokens. One vectorized pass: the logits of blocks of
+        ``(prompts, rows, n)`` of about ``block_elements`` entries (``np.matmul`` over the
+        prompt axis, then :meth:`_block`), so memory stays ``O(block + B n d)`` and no Python
+        loop runs over single prompts (only over blocks). ``project=False``: the attention
+        average before ``P_x``. Tokens of weight 0 are dropped as sources (as :meth:`__call__`)."""
+        model = self.model
+        x = np.ascontiguousarray(as_points(x), dtype=float)
+        if x.ndim != 3 or x.shape[2] != model.d:
+            raise ValueError(f"a batch of prompts must have shape (B, n, {model.d}), got {x.shape}")
+        B, n, d = x.shape
+        w = np.ascontiguousarray(weights, dtype=float)
+        if w.shape != (n,):
+            raise ValueError(f"weights must have shape ({n},), one per token of a prompt, got {w.shape}")
+        if np.any(w < 0) or not np.all(np.isfinite(w)):
+            raise ValueError("token weights must be finite and nonnegative")
+        if model.normalized and not w.sum() > 0:
+            raise ValueError("SA field needs a positive total weight")
+        out = np.empty_like(x)
+        if B == 0 or n == 0:
+            return out
+        y = x
+        if not np.all(w > 0):
+            keep = w > 0
+            y, w = x[:, keep], w[keep]
+        m = y.shape[1]
+        ky = y @ model.interaction.T  # (B, m, d): logits are x . (A y)
+        wvy = (y @ model.V.T) * w[:, None]
+        rows = min(n, max(1, self.block_elements // max(1, m)))  # target rows per block
+        pb = max(1, self.block_elements // max(1, rows * m))  # prompts per block
+        with single_thread_blas():
+            for b0 in range(0, B, pb):
+                b1 = min(B, b0 + pb)
+                for r0 in range(0, n, rows):
+                    r1 = min(n, r0 + rows)
+                    out[b0:b1, r0:r1] = self._block(x[b0:b1, r0:r1], ky[b0:b1], w, wvy[b0:b1])
+        if project:
+            out -= np.einsum("bij,bij->bi", out, x)[..., None] * x
+        return out
+
     def _block(self, xb, ky, w, wvy, bias=None):
         """The sums of one block of targets ``xb (..., b, d)`` against the sources' ``ky = A y``,
         ``w`` and ``w V y`` (batched over leading axes); ``bias`` ``(b, m)`` is added to the
