@@ -201,6 +201,11 @@ def _mesh_size(case: dict, cells: int | None) -> tuple[int, int, int, str]:
     if dom["manifold"] == "circle":
         n = int(dom["cells"])
         return n, n, 1, f"{n:,} cells"
+    if dom["manifold"] == "zonal":
+        n = int(dom["cells"])
+        return n, n - 1, 1, f"S^{int(dom['d']) - 1}, {n:,} bands"
+    if dom.get("d", 3) != 3:  # particles on S^{d-1}: no mesh
+        return 0, 0, 1, "no mesh"
     q = int(dom.get("edge_points", 1))
     level = _icosahedral_level(dom["mesh"])
     if cells is None:
@@ -481,8 +486,10 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
     if kind not in ("run", "particles", "compare"):
         raise ValueError(f"kind must be 'run', 'particles' or 'compare', got {kind!r}")
     ranks = max(1, int(ranks))
-    manifold = case["domain"]["manifold"]
-    d = 2 if manifold == "circle" else 3
+    zonal = case["domain"]["manifold"] == "zonal"
+    # the zonal bands are a 1-D mesh: the circle's memory model, with the zonal field's kernels
+    manifold = "circle" if zonal else case["domain"]["manifold"]
+    d = int(case["domain"].get("d") or (2 if manifold == "circle" else 3))
     try:
         n_cells, n_edges, q, label = _mesh_size(case, cells)
     except ValueError as exc:  # MeshError: a mesh file that cannot be read
@@ -503,6 +510,10 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
         ne = nc if manifold == "circle" else (3 * nc) // 2
         if circle_spectral:
             name, cost, extra = "Fourier pseudo-spectral", 60.0 * nc * math.log2(max(nc, 2)), 0.0
+        elif zonal:  # three dense band-to-band kernels per plan (edges, centres), a product each
+            name, cost, extra = "zonal", 0.5 * nc * nc, 2 * 3 * 8.0 * nc * nc
+            if noise:
+                extra += 200.0 * nc
         else:
             name, cost, extra = _heads_choice(segments, s["backend"], s["tolerance"], ne * q, nc)
             if noise:
@@ -612,7 +623,7 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
             return None if most is None else case["solver"]["t_end"] / (most - 1)
         return _largest(lambda nn: _machine_total(phases_for(n_cells, nn), ranks)[1], limit, 1)
 
-    return Estimate(kind=kind, manifold=manifold, cells=n_cells, edges=n_edges, edge_points=n_points,
+    return Estimate(kind=kind, manifold=case["domain"]["manifold"], cells=n_cells, edges=n_edges, edge_points=n_points,
                     particles=n_particles, snapshots=snaps, ranks=ranks, backend=backend, memory=total,
                     memory_per_rank=per_rank, seconds_per_step=seconds, particle_seconds_per_step=particle_seconds,
                     seconds_per_snapshot=snap_seconds, key=key, value=value, mesh_label=label,

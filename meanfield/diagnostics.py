@@ -268,13 +268,14 @@ def compute(mesh, model, rho: np.ndarray, velocity: np.ndarray, t: float, steps:
     result of :func:`find_clusters` if already computed)."""
     m = rho * mesh.areas
     masses, _ = clusters if clusters is not None else find_clusters(mesh, rho, criterion)
+    zonal = getattr(mesh, "manifold", "") == "zonal"  # cells are rings about e_1, not points
     return {
         "t": float(t),
         "mass": float(m.sum()),
         "min_density": float(rho.min()),
         "max_density": float(rho.max()),
-        "energy": run_energy(model, mesh.centers, m, t),
-        "order_parameter": float(np.linalg.norm(m @ mesh.centers)),
+        "energy": None if zonal else run_energy(model, mesh.centers, m, t),
+        "order_parameter": float(np.linalg.norm(mesh.mean(m) if zonal else m @ mesh.centers)),
         "n_clusters": int(masses.size),
         "max_speed": max_speed(velocity),
         "steps": int(steps),

@@ -58,12 +58,19 @@ def real_sph_harm(l: int, m: int, points: np.ndarray) -> np.ndarray:
 
 
 def _modes_function(d: int, modes: list[dict]) -> Callable:
-    total = 2.0 * math.pi if d == 2 else 4.0 * math.pi
+    """``(1 + sum_j a_j mode_j(x)) / |S^{d-1}|``: circle ``cos(k theta - phase)``, sphere (d = 3)
+    the real ``Y_lm``, and zonal modes ``{l, amplitude}`` (no ``m``: the zonal PDE, any d) the
+    Gegenbauer polynomial ``C_l^{((d-2)/2)}(x_1)``."""
+    from scipy import special
+
+    total = {2: 2.0 * math.pi, 3: 4.0 * math.pi}.get(d) or 2.0 * math.pi ** (d / 2.0) / math.gamma(d / 2.0)
 
     def f(x):
         value = np.ones(x.shape[0])
         for mode in modes:
-            if d == 2:
+            if "k" not in mode and "m" not in mode:
+                value += mode["amplitude"] * special.eval_gegenbauer(mode["l"], 0.5 * (d - 2), np.clip(x[:, 0], -1, 1))
+            elif d == 2:
                 theta = np.arctan2(x[:, 1], x[:, 0])
                 value += mode["amplitude"] * np.cos(mode["k"] * theta - mode.get("phase", 0.0))
             else:
@@ -92,7 +99,7 @@ def density_function(spec: dict, d: int) -> Callable | None:
     for ``points`` (an empirical measure, see :func:`project`)."""
     kind = spec["kind"]
     if kind == "uniform":
-        total = 2.0 * math.pi if d == 2 else 4.0 * math.pi
+        total = {2: 2.0 * math.pi, 3: 4.0 * math.pi}.get(d) or 2.0 * math.pi ** (d / 2.0) / math.gamma(d / 2.0)
         return lambda x: np.full(x.shape[0], 1.0 / total)
     if kind == "modes":
         return _modes_function(d, spec["modes"])

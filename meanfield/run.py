@@ -95,9 +95,19 @@ class RunResult:
 
 
 def build_mesh(case: dict, source="<case>") -> Mesh:
+    """The case's mesh: circle cells, the zonal bands of ``domain.d``, or a sphere mesh (which
+    needs ``domain.d = 3``: a :class:`CaseError` naming ``domain.d`` otherwise)."""
     dom = case["domain"]
     if dom["manifold"] == "circle":
         return CircleMesh(dom["cells"])
+    if dom["manifold"] == "zonal":
+        from .geometry.zonal import ZonalMesh
+
+        return ZonalMesh(dom["d"], dom["cells"])
+    if dom.get("d", 3) != 3:
+        raise CaseError(source, "domain.d", f"the PDE on sphere meshes is for S^2 (d = 3), got d = {dom['d']}: on "
+                        f"S^{dom['d'] - 1} solve the zonal PDE (domain.manifold = \"zonal\": densities symmetric "
+                        "about e_1), or run the particles (meanfield particles)")
     from .geometry.sphere import MeshError, parse_mesh_spec
 
     try:
@@ -191,10 +201,13 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
         f = density_function(case["initial"], mesh.d)
         rho0 = project(mesh, case["initial"]) if f is None else np.asarray(f(mesh.centers), dtype=float)
         return sim, State(0.0, rho0 / (rho0 @ mesh.areas))
+    field = None
+    if mesh.manifold == "zonal":
+        field = _zonal_field(case, mesh, model, source)
     try:
         sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
                          dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist,
-                         integrator=INTEGRATORS[s["time_integrator"]], noise=case["model"]["noise"])
+                         integrator=INTEGRATORS[s["time_integrator"]], noise=case["model"]["noise"], field=field)
     except ValueError as exc:
         raise CaseError(source, "solver.backend", str(exc)) from None
     try:
@@ -207,6 +220,38 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
             raise CaseError(source, "initial.function", f"{type(exc).__name__}: {exc}") from None
         raise
     return sim, State(0.0, rho0)
+
+
+def _zonal_field(case: dict, mesh, model, source):
+    """The zonal velocity (:func:`meanfield.fields.zonal.zonal_velocity`): heads symmetric about
+    e_1 only; what cannot stay zonal is invalid input naming its key."""
+    from .fields.zonal import zonal_velocity
+
+    m, init = case["model"], case["initial"]
+    if m.get("perceptron") is not None:
+        raise CaseError(source, "model.perceptron", "a perceptron term breaks the symmetry about e_1: the zonal PDE "
+                        "takes attention heads only")
+    if m.get("random_heads") is not None:
+        raise CaseError(source, "model.random_heads", "random Q, K, V break the symmetry about e_1: the zonal PDE "
+                        "takes heads with Q^T K = diag(a, c, ..., c), V = diag(p, q, ..., q)")
+    if init["kind"] == "points":
+        raise CaseError(source, "initial.kind", "\"points\" are tokens: the zonal PDE needs a density (uniform, "
+                        "modes {l, amplitude}, vmf with centres +-e_1, or a function of x)")
+    if init["kind"] == "vmf":
+        c = np.asarray(init["centers"], dtype=float)
+        c = c / np.linalg.norm(c, axis=1, keepdims=True)
+        if np.abs(c[:, 1:]).max() > 1e-12:
+            raise CaseError(source, "initial.centers", "a zonal density is symmetric about e_1: the vMF centres must "
+                            "be +e_1 or -e_1")
+    if case["diagnostics"].get("target_points"):
+        raise CaseError(source, "diagnostics.target_points", "the W1 distance to a target measure is not defined "
+                        "for the zonal PDE")
+    try:
+        return zonal_velocity(model, mesh)
+    except ValueError as exc:
+        key = "model.mask" if model.causal else ("model.heads" if case["model"].get("heads") is not None
+                                                 else "model.Q")
+        raise CaseError(source, key, str(exc)) from None
 
 
 def _causal_simulation(case: dict, mesh, model, source, dist) -> tuple[Simulation, State]:
@@ -405,6 +450,9 @@ def check_same_case(case: dict, stored: dict, source="<case>", where="the run", 
             spec = SCHEMA.get(section, {}).get(key)
             if key not in a and spec is not None and b.get(key) == spec.default:
                 continue  # a key added after that run was made, at its default: the same case
+            if (section, key) == ("domain", "d") and key not in a and b.get(key) == {"circle": 2}.get(
+                    given["domain"].get("manifold"), 3):
+                continue  # domain.d (added later) resolves to the manifold's own dimension
             old = "not set" if key not in a else show_value(a[key])
             new = "not set" if key not in b else show_value(b[key])
             raise CaseError(source, f"{section}.{key}", f"differs from {where} ({old} there, {new} here); {advice}")
@@ -569,8 +617,10 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
             bar.close()
     sink.finish(arrays)
     n_clusters = rows[-1]["n_clusters"]
-    log.info("done: t=%g in %s, %.2f s; mass %.16g, min density %.3e, %d cluster%s", run.state.t, run.summary(),
-             seconds, rows[-1]["mass"], rows[-1]["min_density"], n_clusters, "" if n_clusters == 1 else "s")
+    low = rows[-1]["min_density"]
+    log.info("done: t=%g in %s, %.2f s; mass %.16g, %s, %d cluster%s", run.state.t, run.summary(), seconds,
+             rows[-1]["mass"], "no density cells" if low is None else f"min density {low:.3e}", n_clusters,
+             "" if n_clusters == 1 else "s")
     if "w1_target" in rows[-1]:
         log.info("W1 to the target (diagnostics.target_points): %.6g at t=%g (%.6g at t=%g)", rows[-1]["w1_target"],
                  rows[-1]["t"], rows[0]["w1_target"], rows[0]["t"])
@@ -606,7 +656,7 @@ class _Outputs:
 
     def _prepare(self, run, case, out_dir: Path, times, source, restart_from, copying, overwrite) -> None:
         restart = restart_from is not None
-        vtk_on = run.mesh.manifold == "sphere"
+        vtk_on = run.mesh is not None and run.mesh.manifold == "sphere" and run.mesh.d == 3
         self.writer = writer = RunWriter(out_dir)
         if restart:
             self.saved = _open_restart(run, case, restart_from, times, source, vtk_on)  # reads only

@@ -165,6 +165,11 @@ def reals(lo=0.0) -> Callable:
 
 
 def modes(v, d):
+    """``initial.modes``: circle ``{k, amplitude, phase}``; sphere (d = 3) ``{l, m, amplitude}``;
+    ``d = ("zonal", D)`` (the zonal PDE, or particles on S^{D-1}, D != 3) ``{l, amplitude}``: the
+    Gegenbauer mode ``C_l^{((D-2)/2)}(x_1)``."""
+    if isinstance(d, tuple):
+        return _zonal_modes(v, d[1])
     if not isinstance(v, list) or not all(isinstance(m, dict) for m in v):
         raise ValueError("must be an array of tables, e.g. [{k = 4, amplitude = 0.01}]")
     allowed = {"k", "amplitude", "phase"} if d == 2 else {"l", "m", "amplitude"}
@@ -185,6 +190,26 @@ def modes(v, d):
                 l = integer(0)(m.get("l"))
                 mm = integer(-l, l)(m.get("m", 0))
                 out.append({"l": l, "m": mm, "amplitude": amp})
+        except ValueError as exc:
+            raise ValueError(f"entry {i}: {exc}") from None
+    return out
+
+
+def _zonal_modes(v, d: int) -> list:
+    if not isinstance(v, list) or not all(isinstance(m, dict) for m in v):
+        raise ValueError("must be an array of tables, e.g. [{l = 2, amplitude = 0.1}]")
+    out = []
+    for i, m in enumerate(v):
+        extra = set(m) - {"l", "amplitude"}
+        if extra:
+            raise ValueError(f"entry {i}: unknown field {sorted(extra)[0]!r}: the zonal modes on S^{d - 1} are "
+                             f"{{l, amplitude}}, the Gegenbauer polynomial C_l^(({d}-2)/2)(x_1) (no order m: they "
+                             "are the harmonics symmetric about e_1)")
+        for f in ("l", "amplitude"):
+            if f not in m:
+                raise ValueError(f"entry {i}: missing field {f!r}")
+        try:
+            out.append({"l": integer(0)(m["l"]), "amplitude": _number(m["amplitude"], "a number")})
         except ValueError as exc:
             raise ValueError(f"entry {i}: {exc}") from None
     return out
@@ -347,8 +372,13 @@ class Key:
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "domain": {
-        "manifold": Key(choice("circle", "sphere"), "circle", "`\"circle\"` (S^1) or `\"sphere\"` (S^2)."),
-        "cells": Key(integer(3, 10**8), 512, "circle: number of uniform cells."),
+        "manifold": Key(choice("circle", "sphere", "zonal"), "circle", "`\"circle\"` (S^1), `\"sphere\"` (S^2; "
+                        "particles on S^{d-1} with `domain.d`) or `\"zonal\"` (the PDE of densities on S^{d-1} "
+                        "symmetric about e_1, in the polar angle: `domain.d`, `domain.cells` bands)."),
+        "d": Key(integer(2, 100_000), None, "ambient dimension: 2 for the circle; `\"sphere\"` 3 (default; any d >= 2 "
+                 "for particles, the PDE on meshes needs 3) and `\"zonal\"` any d >= 3 (default 3)."),
+        "cells": Key(integer(3, 10**8), 512, "circle: number of uniform cells; zonal: number of uniform bands of the "
+                     "polar angle in [0, pi]."),
         "mesh": Key(string, "icosahedral:4", "sphere: `\"icosahedral:LEVEL\"` (level L has 20 * 4^L triangles) or a "
                     "surface mesh file (.vtk .vtu .vtp .stl .obj .ply), path relative to the case file."),
         "edge_points": Key(integer(1, 5), 1, "sphere: Gauss points per edge for the fluxes (1: midpoint rule)."),
@@ -467,7 +497,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 
-_DIM = {"circle": 2, "sphere": 3}
+_DIM = {"circle": 2, "sphere": 3, "zonal": 3}  # the default dimension of each manifold
+
+
+def _dimension(manifold: str, given, source) -> int:
+    """``domain.d``, checked against the manifold: 2 on the circle, >= 3 for the zonal PDE."""
+    if given is None:
+        return _DIM[manifold]
+    try:
+        d = integer(2, 100_000)(given)
+    except ValueError as exc:
+        raise CaseError(source, "domain.d", str(exc)) from None
+    if manifold == "circle" and d != 2:
+        raise CaseError(source, "domain.d", f"the circle is S^1 in R^2 (d = 2), got d = {d}; for tokens on S^{d - 1} "
+                        "use domain.manifold = \"sphere\"")
+    if manifold == "zonal" and d < 3:
+        raise CaseError(source, "domain.d", f"a zonal density on S^{{d-1}} needs d >= 3 (S^1 has no zonal reduction: "
+                        f"use domain.manifold = \"circle\"), got d = {d}")
+    return d
 #: t_end / every above this is refused (one file per snapshot; a typo like every = 1e-9
 #: would otherwise try to build billions of output times).
 MAX_SNAPSHOTS = 100_000
@@ -551,19 +598,25 @@ def _resolve(raw: dict, source, base_dir) -> dict:
     case: dict = {}
     manifold = raw.get("domain", {}).get("manifold", SCHEMA["domain"]["manifold"].default)
     try:
-        d = _DIM[choice(*_DIM)(manifold)]
+        manifold = choice(*_DIM)(manifold)
     except ValueError as exc:
         raise CaseError(source, "domain.manifold", str(exc)) from None
+    d = _dimension(manifold, raw.get("domain", {}).get("d"), source)
+    # the zonal modes {l, amplitude}: the zonal PDE, and particles on S^{d-1} for d != 3
+    mode_d = ("zonal", d) if manifold == "zonal" or (manifold == "sphere" and d != 3) else d
     for section, keys in SCHEMA.items():
         case[section] = {}
         for key, spec in keys.items():
             given = raw.get(section, {})
             value = given.get(key, spec.default)
+            if (section, key) == ("domain", "d"):
+                case[section][key] = d
+                continue
             if value is None and (spec.check is not matrix or key in given):
                 case[section][key] = None
                 continue
             try:
-                case[section][key] = spec.check(value, d)
+                case[section][key] = spec.check(value, mode_d if spec.check is modes else d)
             except ValueError as exc:
                 raise CaseError(source, f"{section}.{key}", str(exc)) from None
     if case["output"]["every"] is None:
@@ -576,7 +629,7 @@ def _resolve(raw: dict, source, base_dir) -> dict:
     _check_target(case["diagnostics"], source)
     _check_initial(case["initial"], d, source, Path(base_dir))
     _check_causal(case, raw, source)
-    _check_mesh(case["domain"], source, Path(base_dir))
+    _check_mesh(case["domain"], source, Path(base_dir), raw.get("domain", {}))
     return case
 
 
@@ -651,9 +704,16 @@ def _check_target(diagnostics: dict, source) -> None:
         raise CaseError(source, "diagnostics.target_weights", "must not all be zero")
 
 
-def _check_mesh(domain: dict, source, base_dir: Path) -> None:
-    """``domain.mesh``: ``icosahedral:LEVEL`` or a file, resolved to an absolute path."""
+def _check_mesh(domain: dict, source, base_dir: Path, given: dict | None = None) -> None:
+    """``domain.mesh``: ``icosahedral:LEVEL`` or a file, resolved to an absolute path; a mesh
+    given together with ``domain.d != 3`` is an error (meshes are surfaces in R^3)."""
     if domain["manifold"] != "sphere":
+        return
+    if domain["d"] != 3:
+        if given and "mesh" in given:
+            raise CaseError(source, "domain.mesh", f"a surface mesh lives in R^3, but domain.d = {domain['d']}: leave "
+                            "domain.mesh out (particles on S^{d-1} need none; the PDE in any d is domain.manifold = "
+                            "\"zonal\")")
         return
     spec = domain["mesh"]
     if spec.startswith("icosahedral:"):

@@ -48,7 +48,12 @@ def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     plt = _pyplot()
     t = np.array([s[0] for s in snapshots])
     rho = np.array([s[1] for s in snapshots])
-    theta = mesh.angles
+    zonal = getattr(mesh, "manifold", "") == "zonal"  # bands of the polar angle phi in [0, pi]
+    if zonal:
+        # the law of the polar angle (mass per unit phi): the density per unit measure of S^{d-1}
+        # is huge at the poles, whose bands have measure ~ phi^{d-1}
+        rho = rho * mesh.areas / (np.pi / mesh.n_cells)
+    theta = mesh.polar_angle(mesh.centers) if zonal else mesh.angles
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     if len(t) > 1:
         edges_t = np.concatenate([[t[0]], 0.5 * (t[1:] + t[:-1]), [t[-1]]])
@@ -59,24 +64,32 @@ def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     group = max(1, int(np.ceil(rho.shape[1] / 400)))
     ncol = rho.shape[1] // group
     pooled = rho[:, : ncol * group].reshape(len(t), ncol, group).max(axis=2)
-    edges_theta = np.linspace(0.0, 2 * np.pi, ncol + 1)
-    uniform = 1.0 / (2 * np.pi)
+    edges_theta = np.linspace(0.0, np.pi if zonal else 2 * np.pi, ncol + 1)
+    uniform = 1.0 / np.pi if zonal else 1.0 / mesh.total_measure
     from matplotlib.colors import LogNorm
 
     vmax = max(pooled.max(), 2 * uniform)
     norm = LogNorm(vmin=max(min(pooled.min(), uniform / 2), vmax * 1e-4), vmax=vmax)
     img = ax.pcolormesh(edges_t, edges_theta, np.maximum(pooled.T, norm.vmin), shading="flat", cmap="magma", norm=norm)
-    fig.colorbar(img, ax=ax, label="density (log scale)")
+    fig.colorbar(img, ax=ax, label="mass per unit φ (log scale)" if zonal else "density (log scale)")
     ax.set_xlabel("t")
-    ax.set_ylabel("angle θ")
-    ax.set_yticks([0, np.pi / 2, np.pi, 3 * np.pi / 2, 2 * np.pi], ["0", "π/2", "π", "3π/2", "2π"])
-    ax.set_title(title or "density ρ(θ, t)")
+    if zonal:
+        ax.set_ylabel("polar angle φ (x_1 = cos φ)")
+        ax.set_yticks([0, np.pi / 4, np.pi / 2, 3 * np.pi / 4, np.pi], ["0", "π/4", "π/2", "3π/4", "π"])
+        ax.set_title(title or f"law of the polar angle φ on S^{mesh.d - 1} (mass per unit φ)")
+    else:
+        ax.set_ylabel("angle θ")
+        ax.set_yticks([0, np.pi / 2, np.pi, 3 * np.pi / 2, 2 * np.pi], ["0", "π/2", "π", "3π/2", "2π"])
+        ax.set_title(title or "density ρ(θ, t)")
     ax2.plot(theta, rho[0], label=f"t = {t[0]:g}", color="0.5")
     ax2.plot(theta, rho[-1], label=f"t = {t[-1]:g}", color="C3")
     ax2.set_yscale("log" if rho[-1].max() > 50 * max(rho[-1].min(), 1e-300) else "linear")
-    ax2.set_xlabel("angle θ")
-    ax2.set_ylabel("density")
-    ax2.set_xticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
+    ax2.set_xlabel("polar angle φ" if zonal else "angle θ")
+    ax2.set_ylabel("mass per unit φ" if zonal else "density")
+    if zonal:
+        ax2.set_xticks([0, np.pi / 2, np.pi], ["0", "π/2", "π"])
+    else:
+        ax2.set_xticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
     ax2.legend()
     return _save(plt, fig, path)
 
@@ -133,7 +146,7 @@ def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = Fa
 def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=()) -> list[Path]:
     out_dir = Path(out_dir)
     paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, shifted=shifted, switches=switches)]
-    if mesh.manifold == "circle":
+    if mesh.manifold in ("circle", "zonal"):
         paths.append(plot_spacetime(out_dir / "density.png", mesh, result.snapshots))
     else:
         from .render import render_sphere
@@ -280,6 +293,8 @@ def plot_particles(path, mesh, points, weights, t: float, density=None, histogra
     ``density`` or, without it, over ``histogram`` (the particle density per cell, e.g.
     :func:`~meanfield.particles.distances.bin_particles` over the cell areas; needed then)."""
     path = Path(path)
+    if mesh is None or mesh.manifold == "zonal" or points.shape[1] > 3:
+        return plot_tokens(path, points, weights, t, mesh=mesh, density=density)
     if mesh.manifold == "sphere":
         from .render import render_sphere
 
@@ -303,6 +318,52 @@ def plot_particles(path, mesh, points, weights, t: float, density=None, histogra
     ax.set_xticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
     ax.set_title(f"t = {t:g}")
     ax.legend()
+    return _save(plt, fig, path)
+
+
+def plot_tokens(path, points, weights, t: float, mesh=None, density=None) -> Path:
+    """Tokens on S^{d-1}, any d: their projection on the first two principal axes (of the
+    uncentred second moment, so a cluster and its antipode stay apart), their Gram matrix
+    ``<x_i, x_j>`` (tokens ordered by their angle in that plane), and the law of the polar
+    angle ``phi`` (``x_1 = cos phi``) against the zonal PDE's when ``mesh`` is zonal and
+    ``density`` its band densities."""
+    plt = _pyplot()
+    x = np.asarray(points, dtype=float)
+    n, d = x.shape
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    proj = x @ vt[:2].T
+    panels = 3 if mesh is not None and getattr(mesh, "manifold", "") == "zonal" else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.8))
+    ax = axes[0]
+    ax.scatter(proj[:, 0], proj[:, 1], s=max(4.0, min(20.0, 3000.0 / n)), c=np.arange(n), cmap="viridis",
+               linewidths=0)
+    ax.add_artist(plt.Circle((0, 0), 1.0, fill=False, color="0.7", lw=0.8))
+    ax.set_aspect("equal")
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_ylim(-1.05, 1.05)
+    share = (sv[:2] ** 2).sum() / max((sv ** 2).sum(), 1e-300)
+    ax.set_title(f"{n} tokens on S^{d - 1} at t = {t:g}: first two principal axes ({100 * share:.0f}% of |x|^2)",
+                 fontsize=9)
+    ax.set_xlabel("axis 1")
+    ax.set_ylabel("axis 2 (colour: token index)")
+    order = np.argsort(np.arctan2(proj[:, 1], proj[:, 0]))
+    img = axes[1].imshow((x @ x.T)[np.ix_(order, order)], vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+    fig.colorbar(img, ax=axes[1], label="<x_i, x_j>")
+    axes[1].set_title("Gram matrix (tokens ordered by their angle in the plane)", fontsize=9)
+    if panels == 3:
+        ax = axes[2]
+        phi = np.arccos(np.clip(x[:, 0], -1, 1))
+        bins = min(mesh.n_cells, max(16, int(np.sqrt(n))))
+        ax.hist(phi, bins=bins, range=(0, np.pi), weights=weights, density=True, color="C0", alpha=0.6,
+                label=f"{n} tokens (histogram)")
+        if density is not None:
+            centres = mesh.polar_angle(mesh.centers)
+            ax.plot(centres, density * mesh.areas / (np.pi / mesh.n_cells), color="C3", lw=1.5,
+                    label="zonal PDE")
+        ax.set_xlabel("polar angle φ (x_1 = cos φ)")
+        ax.set_ylabel("mass per unit φ")
+        ax.set_xticks([0, np.pi / 2, np.pi], ["0", "π/2", "π"])
+        ax.legend()
     return _save(plt, fig, path)
 
 

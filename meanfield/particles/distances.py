@@ -541,7 +541,8 @@ def mmd(mesh, masses, particles, weights=None, *, kernel: str = "energy", bandwi
 def bin_particles(mesh, points, weights=None) -> np.ndarray:
     """Particle weights summed per cell, ``(N,)``.
 
-    Circle: cell ``floor(theta / h)``. Spherical triangles: the triangle containing the
+    Circle: cell ``floor(theta / h)``; zonal bands: ``floor(phi / h)``, ``phi`` the polar angle
+    about e_1. Spherical triangles: the triangle containing the
     point (``x . (a x b) >= 0`` for its three edges), searched among the cells of the
     nearest centres; a point on an edge goes to the first such cell. Other meshes: the
     cell of the nearest centre.
@@ -549,6 +550,10 @@ def bin_particles(mesh, points, weights=None) -> np.ndarray:
     x = np.asarray(points, dtype=float)
     w = _probability(weights, x.shape[0], "weights") if weights is not None else np.full(x.shape[0], 1.0 / x.shape[0])
     n = mesh.n_cells
+    if getattr(mesh, "manifold", "") == "zonal":  # bands of the polar angle about e_1
+        phi = np.arccos(np.clip(x[:, 0] / np.linalg.norm(x, axis=1), -1.0, 1.0))
+        cell = np.minimum((phi / (math.pi / n)).astype(np.intp), n - 1)
+        return np.bincount(cell, w, minlength=n)
     if _is_circle(mesh):
         theta = np.mod(np.arctan2(x[:, 1], x[:, 0]), _TWO_PI)
         cell = np.minimum((theta / (_TWO_PI / n)).astype(np.intp), n - 1)

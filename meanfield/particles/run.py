@@ -46,15 +46,18 @@ log = logging.getLogger("meanfield")
 def build_particles(case: dict, n: int | None = None, seed: int | None = None, source="<case>", dist=None):
     """``(mesh, system, state)`` for a resolved case; ``n``/``seed`` default to ``[particles]``
     (the seed of the sample and, with ``model.noise``, of the Brownian increments)."""
-    mesh = build_mesh(case, source)
-    model = build_model(case, mesh.d, source)
+    # the case's mesh (pictures, VTK, the density histogram); none for tokens on S^{d-1}, d != 3
+    dom = case["domain"]
+    mesh = None if dom["manifold"] == "sphere" and dom.get("d", 3) != 3 else build_mesh(case, source)
+    d = mesh.d if mesh is not None else dom["d"]
+    model = build_model(case, d, source)
     s = case["solver"]
     n = case["particles"]["n"] if n is None else n
     seed = case["particles"]["seed"] if seed is None else seed
     if case["initial"]["kind"] == "points":
         n = None  # the given points
     try:
-        x, w = sample(case["initial"], mesh.d, n, seed, causal=model.causal)
+        x, w = sample(case["initial"], d, n, seed, causal=model.causal)
     except (InitialDataError, ValueError) as exc:
         key = {"python": "initial.function", "points": "initial.points"}.get(case["initial"]["kind"], "initial.kind")
         raise CaseError(source, key, str(exc)) from None
@@ -79,8 +82,14 @@ def histogram_mesh(mesh, n: int):
     cell)) stays moderate; never finer than the case's mesh."""
     from ..geometry.mesh import CircleMesh
 
+    if mesh is None:  # tokens on S^{d-1}, d != 3: no cells (the density columns stay empty)
+        return None
     if mesh.manifold == "circle":
         return CircleMesh(max(8, min(mesh.n_cells, n // 64)))
+    if mesh.manifold == "zonal":
+        from ..geometry.zonal import ZonalMesh
+
+        return ZonalMesh(mesh.d, max(8, min(mesh.n_cells, n // 64)))
     from ..geometry.sphere import icosahedral
 
     level = 0
@@ -110,7 +119,8 @@ class ParticleRun:
         self.snapshots: list[tuple[float, np.ndarray, np.ndarray]] = []
 
     def describe(self) -> str:
-        return (f"{self.state.n} particles on {self.mesh.manifold}; {describe_model(self.system.model)}; "
+        where = f"S^{self.state.d - 1}" if self.mesh is None or self.mesh.manifold == "zonal" else self.mesh.manifold
+        return (f"{self.state.n} particles on {where}; {describe_model(self.system.model)}; "
                 f"{self.system.describe()}, backend {self.system.field.name}")
 
     def advance(self, t_out, on_step):
@@ -119,15 +129,15 @@ class ParticleRun:
     def snapshot(self):
         st = self.state
         v = self.system.velocity(st)
-        hist = bin_particles(self.bins, st.x, st.weights) / self.bins.areas
+        hist = None if self.bins is None else bin_particles(self.bins, st.x, st.weights) / self.bins.areas
         clusters = diag.find_particle_clusters(st.x, st.weights, self.criterion)
         arrays = {"t": np.float64(st.t), "points": st.x.copy(), "masses": st.weights.copy(), "velocity": v,
                   "cluster_masses": clusters[0], "cluster_centers": clusters[1]}
         row = {
             "t": float(st.t),
             "mass": math.fsum(st.weights),
-            "min_density": float(hist.min()),
-            "max_density": float(hist.max()),
+            "min_density": None if hist is None else float(hist.min()),
+            "max_density": None if hist is None else float(hist.max()),
             "energy": diag.run_energy(self.system.model, st.x, st.weights, st.t),
             "order_parameter": float(np.linalg.norm(st.weights @ st.x)),
             "n_clusters": int(len(clusters[0])),
@@ -267,7 +277,7 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
         plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, shifted=case["model"]["shift"],
                                switches=[e["t"] for e in case["model"]["schedule"] if e["t"] > 0])
         t, x, w = run.snapshots[-1]
-        histogram = bin_particles(mesh, x, w) / mesh.areas if mesh.manifold == "sphere" else None
+        histogram = bin_particles(mesh, x, w) / mesh.areas if mesh is not None and mesh.manifold == "sphere" else None
         plots.plot_particles(Path(out_dir) / "particles.png", mesh, x, w, t=t, histogram=histogram)
         if run.bands is not None:
             plots.plot_causal_tokens(Path(out_dir) / "causal.png", x, run.snapshots[0][1],

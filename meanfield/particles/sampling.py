@@ -182,9 +182,12 @@ def _rejection(rng, n: int, propose, accept_prob, rate: float) -> np.ndarray:
 
 
 def _sample_modes(rng, modes: list, d: int, n: int) -> np.ndarray:
+    zonal = all("k" not in m and "m" not in m for m in modes)  # Gegenbauer modes {l, amplitude}, any d
+    if zonal and d >= 3:
+        return _sample_zonal_modes(rng, modes, d, n)
     if d not in (2, 3):
-        raise InitialDataError(f"initial.kind = \"modes\" is defined on the circle and the sphere (d = 2, 3), "
-                               f"not d = {d}")
+        raise InitialDataError(f"initial.kind = \"modes\" with {{k}} or {{l, m}} entries is defined on the circle "
+                               f"and the sphere (d = 2, 3), not d = {d}; on S^{d - 1} give zonal modes {{l, amplitude}}")
     if d == 2:
         bound = 1.0 + sum(abs(m["amplitude"]) for m in modes)
     else:
@@ -206,6 +209,26 @@ def _sample_modes(rng, modes: list, d: int, n: int) -> np.ndarray:
         return g / bound
 
     return _rejection(rng, n, lambda m: uniform_sphere(rng, m, d), shape, 1.0 / bound)
+
+
+def _sample_zonal_modes(rng, modes: list, d: int, n: int) -> np.ndarray:
+    """``1 + sum_j a_j C_{l_j}^{(alpha)}(x_1)``, ``alpha = (d - 2)/2``, by rejection from the
+    uniform law with the bound ``1 + sum_j |a_j| C_{l_j}^{(alpha)}(1)`` (``|C_l^{(alpha)}| <=
+    C_l^{(alpha)}(1)`` on [-1, 1] for ``alpha > 0``)."""
+    alpha = 0.5 * (d - 2)
+    bound = 1.0 + sum(abs(m["amplitude"]) * float(special.eval_gegenbauer(m["l"], alpha, 1.0)) for m in modes)
+
+    def shape(x):
+        g = np.ones(x.shape[0])
+        for m in modes:
+            g += m["amplitude"] * special.eval_gegenbauer(m["l"], alpha, np.clip(x[:, 0], -1.0, 1.0))
+        if np.any(g < 0):
+            i = int(np.argmin(g))
+            raise InitialDataError(f"the modes density is negative at x_1 = {x[i, 0]:.4f} ({g[i]:.3e}); "
+                                   "reduce the mode amplitudes")
+        return g
+
+    return _rejection(rng, n, lambda k: uniform_sphere(rng, k, d), lambda x: shape(x) / bound, 1.0 / bound)
 
 
 def _sample_vmf(rng, centers, kappas, weights, d: int, n: int) -> np.ndarray:

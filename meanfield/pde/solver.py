@@ -190,7 +190,12 @@ class Simulation(Stepper):
             # one exact factorization per step size of the ladder (reuse=1: no Krylov solves with a
             # neighbour's factorization, whose choice would depend on the history of the run and
             # break bitwise restarts); the steps take few distinct sizes (LADDER)
-            self.diffusion = Diffusion(mesh, 0.5 * self.noise**2, reuse=1.0, max_factorizations=4)
+            if mesh.manifold == "zonal":  # the zonal Laplacian: tridiagonal in the polar angle
+                from ..geometry.zonal import ZonalDiffusion
+
+                self.diffusion = ZonalDiffusion(mesh, 0.5 * self.noise**2)
+            else:
+                self.diffusion = Diffusion(mesh, 0.5 * self.noise**2, reuse=1.0, max_factorizations=4)
 
     def rate_at(self, t: float) -> float:
         """The largest growth rate of the terms acting at ``t`` over the harmonic degrees the
