@@ -142,3 +142,22 @@ def test_a_run_made_before_domain_d_existed_still_restarts(tmp_path):
     (out / "case.toml").write_text(stored.replace("d = 2\n", ""))
     proc = launch(1, "run", path, "--restart", out, "--set", "solver.t_end=1.0")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_zonal_pde_against_particles_in_d4(tmp_path):
+    """``meanfield compare`` of a zonal case on S^3: W1 of the polar-angle laws of the zonal PDE
+    and of n tokens sampled from the same zonal density falls like n^(-1/2) (200, 800, 3200
+    tokens, 3 seeds; measured exponents in the docstring of docs/zonal.md's CLI section)."""
+    text = CASE.replace("d = 5\ncells = 96", "d = 4\ncells = 256").replace(
+        "modes = [{l = 2, amplitude = 0.05}]", "modes = [{l = 1, amplitude = 0.3}, {l = 2, amplitude = 0.1}]").replace(
+        "plots = false", "plots = false\n[compare]\nparticles = [200, 800, 3200]\nseeds = 3")
+    out = tmp_path / "cmp"
+    proc = launch(1, "compare", write(tmp_path, text), "--out", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "compare.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    ns = np.array([200, 800, 3200])
+    for t in (0.0, 1.0):
+        means = [np.mean([float(r["distance"]) for r in rows if float(r["t"]) == t and int(r["n"]) == n]) for n in ns]
+        slope = np.polyfit(np.log(ns), np.log(means), 1)[0]
+        assert -0.65 < slope < -0.38, (t, means, slope)
