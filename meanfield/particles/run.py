@@ -307,6 +307,9 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
     metric = comp["metric"] if metric is None else metric
     if case["initial"]["kind"] == "points":
         raise CaseError(source, "initial.kind", "compare samples n particles from a density; \"points\" gives fixed points")
+    if case["domain"]["manifold"] == "zonal" and metric not in ("w1", "w2"):
+        raise CaseError(source, "compare.metric", f"{metric!r} would treat the zonal bands as points on one meridian; "
+                        "the zonal PDE is compared by \"w1\" or \"w2\" of the polar-angle laws (exact)")
     case = {**case, "compare": {"particles": ns, "seeds": seeds, "metric": metric}}
     out = Path(out_dir)
     preflight(case, "compare", source, dist, max_memory)  # the PDE, every particle run and the distances
