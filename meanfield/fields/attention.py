@@ -407,8 +407,13 @@ class DirectField:
             keep = w > 0
             y, w = x[:, keep], w[keep]
         m = y.shape[1]
-        ky = y @ model.interaction.T  # (B, m, d): logits are x . (A y)
-        wvy = (y @ model.V.T) * w[:, None]
+        iso = model.isotropic()  # Q^T K = c I, V = v I: no d x d products (they cost as much as the logits)
+        if iso is None:
+            ky = y @ model.interaction.T  # (B, m, d): logits are x . (A y)
+            wvy = (y @ model.V.T) * w[:, None]
+        else:
+            ky = (model.beta * iso[0]) * y
+            wvy = y * (iso[1] * w)[:, None]
         rows = min(n, max(1, self.block_elements // max(1, m)))  # target rows per block
         pb = max(1, self.block_elements // max(1, rows * m))  # prompts per block
         with single_thread_blas():
