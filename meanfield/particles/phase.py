@@ -509,9 +509,11 @@ def plot_phase(results, path, title: str | None = None, statistic: str = "merged
         if r.values.size > 1 and r.times.size > 1:
             ax.contour(r.times, r.values, r.merged, levels=[0.5], colors="k", linewidths=1.0)
             ax.plot([], [], color="k", lw=1.0, label="merged fraction = 1/2")
-        if r.crossing is not None:
-            ok = np.isfinite(r.crossing) & (r.crossing <= r.times[-1])
-            ax.plot(r.crossing[ok], r.values[ok], color="w", ls="--", lw=2.0,
+        if r.crossing is not None:  # on a fine grid of beta (the quadrature is cheap)
+            fine = np.linspace(r.values[0], r.values[-1], 200)
+            cross = np.array([equiangular_crossing_time(b, r.n, r.rho0, r.threshold, r.kind) for b in fine])
+            ok = np.isfinite(cross) & (cross <= r.times[-1])
+            ax.plot(cross[ok], fine[ok], color="w", ls="--", lw=2.0,
                     label=rf"equiangular $\rho(t) = {r.threshold:g}$ ($\rho_0 = {r.rho0:g}$)")
         ax.set_xlim(r.times[0], r.times[-1])
         ax.set_ylim(r.values[0], r.values[-1])
