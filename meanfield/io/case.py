@@ -473,6 +473,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "particles": {
         "n": Key(integer(1, 10**8), 1000, "`meanfield particles`: number of particles (`--n` overrides)."),
         "seed": Key(integer(0), 0, "`meanfield particles`: seed of the sample (`--seed` overrides)."),
+        "batch": Key(integer(1, 10**9), 1, "`meanfield particles`: number B of independent prompts of n tokens run "
+                     "together (prompt b sampled with the seed [seed, b]; one vectorized evaluation); snapshots hold "
+                     "`points` (B, n, d), `diagnostics.csv` the mean and quantiles over the prompts (docs/batch.md). "
+                     "1: one prompt, the usual particle run."),
     },
     "compare": {
         "particles": Key(counts, [256, 1024, 4096], "`meanfield compare`: particle numbers (`--particles N1,N2,...`)."),

@@ -367,6 +367,35 @@ def plot_tokens(path, points, weights, t: float, mesh=None, density=None) -> Pat
     return _save(plt, fig, path)
 
 
+def plot_batch(path, rows, x_final) -> Path:
+    """A batch of prompts (``particles.batch``): the order parameter and the cluster count over
+    time (median, 25-75 % and 5-95 % bands over the prompts), the fraction of merged pairs
+    (``<x_i, x_j> >= 0.999``), and the final Gram matrix of the first prompt."""
+    plt = _pyplot()
+    t = np.array([r["t"] for r in rows])
+    get = lambda k: np.array([np.nan if r.get(k) is None else r[k] for r in rows], dtype=float)  # noqa: E731
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    for ax, name, label in ((axes[0], "order_parameter", "order parameter |mean x|"),
+                            (axes[1], "n_clusters", "clusters (groups at <x_i, x_j> >= 0.999)")):
+        ax.fill_between(t, get(f"{name}_q05"), get(f"{name}_q95"), color="C0", alpha=0.2, label="5-95 %")
+        ax.fill_between(t, get(f"{name}_q25"), get(f"{name}_q75"), color="C0", alpha=0.4, label="25-75 %")
+        ax.plot(t, get(f"{name}_q50"), color="C0", label="median")
+        ax.set_xlabel("t")
+        ax.set_ylabel(label)
+        ax.legend()
+    axes[1].yaxis.get_major_locator().set_params(integer=True)
+    axes[2].plot(t, get("merged_fraction"), "o-", ms=3)
+    axes[2].set_ylim(-0.02, 1.02)
+    axes[2].set_xlabel("t")
+    axes[2].set_ylabel("fraction of merged pairs (mean over prompts)")
+    x = np.asarray(x_final[0])
+    img = axes[3].imshow(x @ x.T, vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+    fig.colorbar(img, ax=axes[3], label="<x_i, x_j>")
+    axes[3].set_title(f"prompt 0 at t = {t[-1]:g}")
+    fig.suptitle(f"{rows[-1].get('prompts', len(x_final))} prompts of {x.shape[0]} tokens on S^{x.shape[1] - 1}")
+    return _save(plt, fig, path)
+
+
 def plot_compare(path, rows) -> Path:
     """Mean distance against n (log-log) at a few times, with a n^(-1/2) guide."""
     plt = _pyplot()

@@ -264,6 +264,8 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     case = {**case, "particles": chosen}  # the resolved case.toml repeats this run
     if estimate:  # the memory and cost, logged; refused if it cannot fit (meanfield.run.preflight)
         preflight(case, "particles", source, dist, max_memory)
+    if chosen.get("batch", 1) > 1:
+        return _run_batch(case, out_dir, chosen, progress, source, label, dist, paths, overwrite)
     mesh, system, state = agreed(dist, build_particles, case, source=source, dist=dist)
     run = ParticleRun(mesh, system, state, _criterion(case))
     run.target = diag.Target.from_case(case["diagnostics"])
@@ -282,6 +284,23 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
         if run.bands is not None:
             plots.plot_causal_tokens(Path(out_dir) / "causal.png", x, run.snapshots[0][1],
                                      t, run.bands, run.criterion)
+    return run
+
+
+def _run_batch(case, out_dir, chosen, progress, source, label, dist, paths, overwrite):
+    """``particles.batch = B > 1`` (:mod:`meanfield.particles.batch_run`)."""
+    from .batch_run import BatchRun, build_batch
+
+    system, state = agreed(dist, build_batch, case, chosen["n"], chosen["seed"], source, dist)
+    run = BatchRun(system, state)
+    run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist,
+                     restart=paths[0] if paths is not None else False, overwrite=overwrite)
+    if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
+        from ..io import plots
+
+        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, shifted=case["model"]["shift"],
+                               switches=[e["t"] for e in case["model"]["schedule"] if e["t"] > 0])
+        plots.plot_batch(Path(out_dir) / "batch.png", run.rows, run.state.x)
     return run
 
 
