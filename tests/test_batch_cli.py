@@ -80,6 +80,17 @@ def test_batch_refusals_exit_2_naming_the_key(tmp_path, setting, key):
 
 @pytest.mark.mpi
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed")
-def test_a_batch_under_mpiexec_is_refused_with_a_reason(tmp_path):
-    proc = launch(2, "particles", write(tmp_path))
+def test_a_batch_is_split_across_mpi_ranks_by_prompt(tmp_path):
+    """Each rank runs its share of the prompts; the files are those of the serial run."""
+    case = write(tmp_path)
+    finals = []
+    for ranks in (1, 3):
+        out = tmp_path / f"r{ranks}"
+        proc = launch(ranks, "particles", case, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        finals.append(np.load(out / "final.npz"))
+        assert finals[-1]["points"].shape == (20, 12, 8)
+    assert np.abs(finals[0]["points"] - finals[1]["points"]).max() <= 1e-14
+    assert np.allclose(finals[0]["order_parameter"], finals[1]["order_parameter"], rtol=0, atol=1e-14)
+    proc = launch(3, "particles", case, "--set", "particles.batch=2")
     assert proc.returncode == 2 and "particles.batch" in proc.stderr, proc.stderr

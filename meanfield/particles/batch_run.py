@@ -17,8 +17,10 @@ writes the files of a particle run (:func:`meanfield.run.drive`), with
   ``mean_inner``; ``min_density`` / ``max_density`` stay empty (no cells).
 
 docs/batch.md has the model and the measured numbers. Restart continues from the last
-snapshot bitwise (the points of every prompt are stored). Not yet: noise in a batch, and the
-split of the prompts across MPI ranks (both refused, naming the key).
+snapshot bitwise (the points of every prompt are stored). Under ``mpiexec`` every rank runs its
+contiguous share of the prompts (``Distributor.share``; at least one each) and the snapshots
+gather them, so the files do not depend on the number of ranks. Not yet: noise in a batch
+(refused, naming ``model.noise``).
 """
 
 from __future__ import annotations
@@ -47,9 +49,13 @@ def build_batch(case: dict, n: int, seed: int, source="<case>", dist=None):
     B = case["particles"]["batch"]
     dom = case["domain"]
     d = 2 if dom["manifold"] == "circle" else int(dom.get("d") or 3)
-    if dist is not None and dist.size > 1:
-        raise CaseError(source, "particles.batch", f"a batch ({B} prompts) runs on one process for now; run it "
-                        "without mpiexec (its evaluation is already one vectorized pass over the prompts)")
+    prompts = B
+    if dist is not None and dist.size > 1:  # each rank its contiguous share of the prompts
+        if B < dist.size:
+            raise CaseError(source, "particles.batch", f"{B} prompts cannot be split across {dist.size} MPI ranks "
+                            f"(at least one prompt per rank): run fewer ranks or more prompts")
+        share = dist.share(B)
+        prompts = list(range(share.start, share.stop))
     if case["model"]["noise"]:
         raise CaseError(source, "model.noise", "a batch of prompts has no Brownian steps yet: run the noisy prompts "
                         "one by one (particles.batch = 1)")
@@ -63,7 +69,7 @@ def build_batch(case: dict, n: int, seed: int, source="<case>", dist=None):
         raise CaseError(source, "particles.batch", str(exc).removeprefix("particles.batch: ")) from None
     model = build_model(case, d, source)
     try:
-        x0, w = sample_prompts(case["initial"], d, n, B, seed, causal=model.causal)
+        x0, w = sample_prompts(case["initial"], d, n, prompts, seed, causal=model.causal)
     except (InitialDataError, ValueError) as exc:
         key = {"python": "initial.function"}.get(case["initial"]["kind"], "initial.kind")
         raise CaseError(source, key, str(exc)) from None
@@ -82,15 +88,32 @@ class BatchRun:
     RESTART_KEYS = ("t", "points", "masses")
     mesh = None  # no cells: no VTK, no density histogram
 
-    def __init__(self, system, state, threshold: float = 0.999):
+    def __init__(self, system, state, threshold: float = 0.999, dist=None, prompts: int | None = None):
         self.system, self.state, self.threshold = system, state, threshold
+        #: the MPI split (each rank holds the contiguous share ``dist.share(prompts)`` of the prompts)
+        self.dist = dist if dist is not None and dist.size > 1 else None
+        self.prompts = int(prompts if prompts is not None else state.x.shape[0])
         self.snapshots: list[tuple[float, np.ndarray]] = []
+
+    def _all(self, local: np.ndarray) -> np.ndarray:
+        """The rows of every rank's prompts, in prompt order (serial: ``local`` itself)."""
+        if self.dist is None:
+            return local
+        return self.dist.allgather_rows(np.ascontiguousarray(local, dtype=float), self.prompts)
+
+    def _steps(self) -> int:
+        """The iterations so far, the largest over the ranks (per-prompt steps may differ)."""
+        if self.dist is None:
+            return int(self.state.steps)
+        return int(round(-self.dist.allreduce_min([-float(self.state.steps)])[0]))
 
     def describe(self) -> str:
         from ..dynamics.model import describe_model
 
-        B, n, d = self.state.x.shape
-        return (f"a batch of {B} prompts x {n} tokens on S^{d - 1}; {describe_model(self.system.field.model)}; "
+        _, n, d = self.state.x.shape
+        B = self.prompts
+        split = f" ({self.dist.size} MPI ranks, each its share of the prompts)" if self.dist is not None else ""
+        return (f"a batch of {B} prompts x {n} tokens on S^{d - 1}{split}; {describe_model(self.system.field.model)}; "
                 f"{self.system.integrator.name}, {'automatic step' if self.system.dt == 'auto' else f'dt={self.system.dt:g}'}"
                 ", direct sums over every prompt at once")
 
@@ -101,49 +124,60 @@ class BatchRun:
         from .batch import batch_energy, batch_statistics
 
         st, w = self.state, self.system.weights
-        stats = batch_statistics(st.x, w, self.threshold)
+        stats = {k: self._all(val) for k, val in batch_statistics(st.x, w, self.threshold).items()}
         energy = batch_energy(self.system.field, st.x, w, st.t)
-        v = self.system.velocity(st.x, st.t)
-        arrays = {"t": np.float64(st.t), "points": st.x.copy(), "masses": w.copy(), "velocity": v,
-                  "steps": np.int64(st.steps)}
+        if energy is not None:
+            energy = self._all(energy)
+        v = self._all(self.system.velocity(st.x, st.t))
+        points = self._all(st.x)
+        steps = self._steps()
+        arrays = {"t": np.float64(st.t), "points": points.copy(), "masses": w.copy(), "velocity": v,
+                  "steps": np.int64(steps)}
         arrays.update({k: np.asarray(val, dtype=float) for k, val in stats.items()})
         if energy is not None:
             arrays["energy"] = np.asarray(energy, dtype=float)
         order, clusters = stats["order_parameter"], stats["n_clusters"]
-        row = {"t": float(st.t), "prompts": int(st.x.shape[0]), "mass": 1.0, "min_density": None,
+        row = {"t": float(st.t), "prompts": self.prompts, "mass": 1.0, "min_density": None,
                "max_density": None, "energy": None if energy is None else float(np.mean(energy)),
                "order_parameter": float(order.mean()), "n_clusters": int(round(float(np.median(clusters)))),
-               "max_speed": float(np.sqrt(np.einsum("bij,bij->bi", v, v)).max()), "steps": int(st.steps)}
+               "max_speed": float(np.sqrt(np.einsum("bij,bij->bi", v, v)).max()), "steps": steps}
         for q in QUANTILES:
             row[f"order_parameter_q{q:02d}"] = float(np.percentile(order, q))
         for q in QUANTILES:
             row[f"n_clusters_q{q:02d}"] = float(np.percentile(clusters, q))
         row["merged_fraction"] = float(np.nanmean(stats["merged_fraction"])) if st.x.shape[1] > 1 else None
         row["mean_inner"] = float(np.nanmean(stats["mean_inner"])) if st.x.shape[1] > 1 else None
-        self.snapshots.append((st.t, st.x.copy()))
+        self.snapshots.append((st.t, points))
         return arrays, row
+
+    def _share(self, points: np.ndarray) -> np.ndarray:
+        if self.dist is None:
+            return points
+        return points[self.dist.share(self.prompts)]
 
     def check_restore(self, arrays: dict) -> None:
         x, w = arrays["points"], arrays["masses"]
-        if x.dtype != np.float64 or x.shape != self.state.x.shape or w.shape != self.system.weights.shape:
+        shape = (self.prompts,) + self.state.x.shape[1:]
+        if x.dtype != np.float64 or x.shape != shape or w.shape != self.system.weights.shape:
             raise ValueError(f"points of shape {x.shape} and masses of shape {w.shape}, the case has a batch of shape "
-                             f"{self.state.x.shape} (float64)")
+                             f"{shape} (float64)")
         if arrays["t"].shape != ():
             raise ValueError("t is not a scalar")
 
     def restore(self, arrays: dict, history=()) -> None:
         st = self.state
         st.t = float(arrays["t"])
-        st.x = np.array(arrays["points"], dtype=np.float64, order="C", copy=True)
+        full = np.array(arrays["points"], dtype=np.float64, order="C", copy=True)
+        st.x = np.ascontiguousarray(self._share(full))
         st.steps = int(arrays["steps"])
-        self.snapshots = [(float(h["t"]), h["points"]) for h in history] + [(st.t, st.x.copy())]
+        self.snapshots = [(float(h["t"]), h["points"]) for h in history] + [(st.t, full)]
 
     def polydata(self, arrays):  # pragma: no cover - drive writes VTK only for a mesh
         raise NotImplementedError
 
     def checkpoint(self) -> dict:
-        return {"t": np.float64(self.state.t), "points": self.state.x.copy(), "masses": self.system.weights.copy(),
-                "steps": np.int64(self.state.steps)}
+        return {"t": np.float64(self.state.t), "points": self._all(self.state.x).copy(),
+                "masses": self.system.weights.copy(), "steps": np.int64(self._steps())}
 
     def summary(self) -> str:
         return f"{self.state.steps} steps" + (f" ({self.system.rejected} prompt steps rejected by the error control)"

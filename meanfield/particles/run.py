@@ -292,7 +292,7 @@ def _run_batch(case, out_dir, chosen, progress, source, label, dist, paths, over
     from .batch_run import BatchRun, build_batch
 
     system, state = agreed(dist, build_batch, case, chosen["n"], chosen["seed"], source, dist)
-    run = BatchRun(system, state)
+    run = BatchRun(system, state, dist=dist, prompts=chosen["batch"])
     run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist,
                      restart=paths[0] if paths is not None else False, overwrite=overwrite)
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
