@@ -204,12 +204,15 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
     field = None
     if mesh.manifold == "zonal":
         field = _zonal_field(case, mesh, model, source)
-    try:
-        sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
-                         dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist,
-                         integrator=INTEGRATORS[s["time_integrator"]], noise=case["model"]["noise"], field=field)
-    except ValueError as exc:
-        raise CaseError(source, "solver.backend", str(exc)) from None
+    if s["time_integrator"] == "implicit":
+        sim = _implicit_simulation(case, mesh, model, field, source, dist)
+    else:
+        try:
+            sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"],
+                             rate_cfl=s["rate_cfl"], dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist,
+                             integrator=INTEGRATORS[s["time_integrator"]], noise=case["model"]["noise"], field=field)
+        except ValueError as exc:
+            raise CaseError(source, "solver.backend", str(exc)) from None
     try:
         rho0 = project(mesh, case["initial"])
     except InitialDataError as exc:
@@ -220,6 +223,29 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
             raise CaseError(source, "initial.function", f"{type(exc).__name__}: {exc}") from None
         raise
     return sim, State(0.0, rho0)
+
+
+def _implicit_simulation(case: dict, mesh, model, field, source, dist):
+    """``solver.time_integrator = "implicit"`` (:class:`~meanfield.pde.implicit.ImplicitSimulation`)."""
+    from .pde.implicit import ImplicitSimulation
+
+    s = case["solver"]
+    if s["scheme"] != "upwind":
+        raise CaseError(source, "solver.scheme", f"the implicit stepper solves the upwind fluxes (an M-matrix: "
+                        f"positive at any step); set solver.scheme = \"upwind\" (got {s['scheme']!r})")
+    if dist is not None and dist.size > 1:
+        raise CaseError(source, "solver.time_integrator", "\"implicit\" runs on one process for now: run it without "
+                        "mpiexec, or take \"ssprk3\"")
+    try:
+        return ImplicitSimulation(mesh, model, scheme="upwind", field=field, backend=s["backend"],
+                                  rtol=s["step_rtol"], atol=s["step_atol"], rate_cfl=s["rate_cfl"], dt_max=s["dt_max"],
+                                  tolerance=s["tolerance"], noise=case["model"]["noise"])
+    except ValueError as exc:
+        text = str(exc)
+        key = next((k for k in ("rtol", "atol", "noise", "positions") if k in text), "time_integrator")
+        key = {"rtol": "solver.step_rtol", "atol": "solver.step_atol", "noise": "model.noise",
+               "positions": "model.mask"}.get(key, "solver.time_integrator")
+        raise CaseError(source, key, text) from None
 
 
 def _zonal_field(case: dict, mesh, model, source):
@@ -318,7 +344,10 @@ class PdeRun:
         check_density(self.state.t, self.state.rho, self.mesh.areas, self.mass0)
 
     def first_step(self) -> tuple[float, str]:
-        """``(dt, what sets it)`` of the step rule at the current state."""
+        """``(dt, what sets it)`` of the step rule at the current state (the implicit stepper's
+        steps grow with the error control: its first step predicts nothing)."""
+        if hasattr(self.sim, "dt_next"):
+            return math.inf, "error"
         bounds = self.sim.step_bounds(self.state.rho)
         bound = min(bounds, key=bounds.get)
         return float(bounds[bound]), bound
@@ -348,6 +377,8 @@ class PdeRun:
             row["w1_target"] = self.target.distance_to_cells(mesh, arrays["masses"])
         arrays["steps"] = np.int64(state.steps)
         arrays["rejected"] = np.int64(getattr(self.sim, "rejected", 0))
+        if getattr(self.sim, "dt_next", None) is not None:  # the implicit stepper's controller: for a bitwise restart
+            arrays["dt_next"] = np.float64(self.sim.dt_next)
         self.snapshots.append((state.t, state.rho.copy()))
         return arrays, row
 
@@ -373,6 +404,8 @@ class PdeRun:
         self.state.steps = int(arrays["steps"])
         if "rejected" in arrays and hasattr(self.sim, "rejected"):
             self.sim.rejected = int(arrays["rejected"])
+        if "dt_next" in arrays and hasattr(self.sim, "dt_next"):
+            self.sim.dt_next = float(arrays["dt_next"])
         self.snapshots = [(float(h["t"]), np.array(h["density"], dtype=np.float64)) for h in history]
         self.snapshots.append((self.state.t, self.state.rho.copy()))
 
@@ -635,6 +668,9 @@ class _Outputs:
     writer: RunWriter | None = None
     vtk: object = None
     saved: object = None
+    #: the clusters matched across snapshots (:class:`~meanfield.clusters.ClusterTracker`):
+    #: ``clusters.csv`` and ``clusters_events.csv``, rewritten after every snapshot
+    tracker: object = None
 
     @classmethod
     def open(cls, run, case, out_dir, times, source, dist, restart_from, copying: bool, overwrite: bool):
@@ -669,6 +705,15 @@ class _Outputs:
         writer.write_case(dump_case(case))
         if copying:
             writer.copy_snapshots(saved)  # snapshots 0..k and the rows 0..k, read from restart_from
+        from .clusters import ClusterTracker
+
+        if saved is not None and "cluster_masses" in saved.arrays:
+            # the table of snapshots 0..k, rebuilt (the ids are a function of the snapshots): a
+            # continued run extends it without duplicates
+            self.tracker = ClusterTracker.from_run(writer.dir)
+            self.tracker.write_csv(writer.dir / "clusters.csv")
+        elif saved is None:
+            self.tracker = ClusterTracker()
         if vtk_on:
             from .io.vtk_output import VtkSeries
 
@@ -684,6 +729,9 @@ class _Outputs:
             self.writer.write_snapshot(index, arrays, row)
             if self.vtk is not None:
                 self.vtk.write(index, row["t"], run.polydata(arrays))
+            if self.tracker is not None and "cluster_masses" in arrays:
+                self.tracker.update(row["t"], arrays["cluster_masses"], arrays["cluster_centers"])
+                self.tracker.write_csv(self.writer.dir / "clusters.csv")
 
     def save_last_good(self, last_good: dict) -> str:
         """``last_good.npz`` written; the words the failure message ends with."""
@@ -719,7 +767,7 @@ def _restored(run, saved, dist) -> tuple[list[dict], int]:
     every rank starts bitwise alike); returns the rows 0..k and the next output index k + 1."""
     payload = None
     if saved is not None:
-        payload = ({k: saved.arrays[k] for k in (*run.RESTART_KEYS, "steps", "rejected") if k in saved.arrays},
+        payload = ({k: saved.arrays[k] for k in (*run.RESTART_KEYS, "steps", "rejected", "dt_next") if k in saved.arrays},
                    saved.rows, saved.index)
     if dist is not None:
         payload = dist.bcast(payload)
@@ -868,4 +916,5 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
             plots.write_causal_plots(out_dir, sim.mesh, result, switches=switches)
         else:
             plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"], switches=switches)
+        plots.plot_cluster_tracks(out_dir, sim.mesh.manifold)
     return result

@@ -444,10 +444,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cfl": Key(real(0.0, 1.0, lo_open=True), 0.4, "transport CFL number of each forward-Euler stage (positivity "
                    "guaranteed <= 0.5 for muscl, <= 1 for upwind); the step is `cfl` times the SSP coefficient of "
                    "`time_integrator` times the CFL bound."),
-        "time_integrator": Key(choice("ssprk3", "ssprk43", "ssprk2", "euler"), "ssprk3", "PDE (finite volumes): SSP "
-                               "Runge--Kutta scheme. `\"ssprk3\"` (3 stages, SSP coefficient 1), `\"ssprk43\"` (4 stages, "
-                               "third order, coefficient 2: steps twice as long for 4/3 the work), `\"ssprk2\"`, "
-                               "`\"euler\"`."),
+        "time_integrator": Key(choice("ssprk3", "ssprk43", "ssprk2", "euler", "implicit"), "ssprk3", "PDE (finite "
+                               "volumes): SSP Runge--Kutta scheme. `\"ssprk3\"` (3 stages, SSP coefficient 1), "
+                               "`\"ssprk43\"` (4 stages, third order, coefficient 2: steps twice as long for 4/3 the "
+                               "work), `\"ssprk2\"`, `\"euler\"`; or `\"implicit\"`: linearly implicit upwind steps "
+                               "chosen by an error estimate, not by the CFL bound (long times, metastability; needs "
+                               "`solver.scheme = \"upwind\"`, serial; docs/long_times.md)."),
+        "step_rtol": Key(real(0.0, 1.0, lo_open=True), 1e-3, "`time_integrator = \"implicit\"`: relative error per "
+                         "step (of the cell masses)."),
+        "step_atol": Key(real(0.0, 1.0, lo_open=True), 1e-6, "`time_integrator = \"implicit\"`: absolute error per "
+                         "step (of the cell masses)."),
         "rate_cfl": Key(real(0.0, 1.0, lo_open=True), 0.1, "step bound dt <= rate_cfl / sigma_max, sigma_max the interaction rate."),
         "dt": Key(dt_value, "auto", "particles: fixed step (`rk4`, `euler`, `euler_tangent`), or `\"auto\"` (the "
                   "automatic rule; the only value for the error-controlled `dopri5` and `bs32`, whose first trial step "

@@ -93,13 +93,15 @@ class RunWriter:
         self.rows: list[dict] = []
 
     #: What a run writes; a new run into the same directory removes the previous run's.
-    PRODUCTS = ("snapshots/*.npz", "vtk/*.vtp", "final.npz", "last_good.npz", "*.pvd", "*.png", "diagnostics.csv")
+    PRODUCTS = ("snapshots/*.npz", "vtk/*.vtp", "final.npz", "last_good.npz", "*.pvd", "*.png", "diagnostics.csv",
+                "clusters.csv", "clusters_events.csv")
     #: Products that describe the end of a run; a restarted run removes them and writes them anew.
     END_PRODUCTS = ("final.npz", "last_good.npz", "*.png")
     #: Temporary files a killed run may have left (:func:`atomic_write`, :class:`VtkSeries`);
     #: removed by :meth:`prepare`, fresh or not.
     LEFTOVERS = (".write-test.*.tmp", ".case.toml.*.tmp", ".diagnostics.csv.*.tmp", ".final.npz.*.tmp",
-                 ".last_good.npz.*.tmp", ".solution.pvd.*.tmp", "snapshots/.write-test.*.tmp", "snapshots/.*.npz.*.tmp",
+                 ".last_good.npz.*.tmp", ".solution.pvd.*.tmp", ".clusters.csv.*.tmp", ".clusters_events.csv.*.tmp",
+                 "snapshots/.write-test.*.tmp", "snapshots/.*.npz.*.tmp",
                  "vtk/.*.vtp", "vtk/.*.vtp.*.tmp")
 
     def prepare(self, fresh: bool = True) -> None:

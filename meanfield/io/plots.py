@@ -396,6 +396,20 @@ def plot_batch(path, rows, x_final) -> Path:
     return _save(plt, fig, path)
 
 
+def plot_cluster_tracks(out_dir, manifold: str) -> Path | None:
+    """``clusters.png``: the clusters of the run in ``out_dir`` matched across its snapshots
+    (:class:`~meanfield.clusters.ClusterTracker`), circle: angle against t, sphere: a map, with
+    the mergers starred; ``None`` for other manifolds or a run without clusters."""
+    if manifold not in ("circle", "sphere"):
+        return None
+    from ..clusters import ClusterTracker
+
+    tracker = ClusterTracker.from_run(out_dir)
+    if not tracker.tracks:
+        return None
+    return tracker.plot_tracks(Path(out_dir) / "clusters.png", manifold)
+
+
 def plot_compare(path, rows) -> Path:
     """Mean distance against n (log-log) at a few times, with a n^(-1/2) guide."""
     plt = _pyplot()

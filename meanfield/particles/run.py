@@ -284,6 +284,8 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
         if run.bands is not None:
             plots.plot_causal_tokens(Path(out_dir) / "causal.png", x, run.snapshots[0][1],
                                      t, run.bands, run.criterion)
+        if mesh is not None and mesh.d <= 3:
+            plots.plot_cluster_tracks(out_dir, mesh.manifold)
     return run
 
 

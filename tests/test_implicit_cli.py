@@ -1,0 +1,65 @@
+"""``solver.time_integrator = "implicit"`` from case files: a run restarts bitwise (the step
+controller's state is in the snapshots), and what it cannot do exits 2 naming the key."""
+
+import numpy as np
+import pytest
+
+from _helpers import MEANFIELD, MPIEXEC, launch
+
+pytestmark = pytest.mark.skipif(MEANFIELD is None, reason="the meanfield script is not installed")
+
+CASE = """
+[domain]
+cells = 128
+[model]
+kind = "USA"
+beta = 4.0
+shift = true
+[initial]
+kind = "modes"
+modes = [{k = 3, amplitude = 0.05}, {k = 2, amplitude = 0.03, phase = 1.0}]
+[solver]
+t_end = 6.0
+scheme = "upwind"
+time_integrator = "implicit"
+[output]
+every = 1.0
+plots = false
+"""
+
+
+def write(tmp_path, text=CASE):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_an_implicit_run_restarts_bitwise(tmp_path):
+    case = write(tmp_path)
+    full, part = tmp_path / "full", tmp_path / "part"
+    proc = launch(1, "run", case, "--out", full)
+    assert proc.returncode == 0, proc.stderr
+    assert "dt_next" in np.load(full / "final.npz")
+    assert launch(1, "run", case, "--out", part, "--set", "solver.t_end=3.0").returncode == 0
+    proc = launch(1, "run", case, "--restart", part)
+    assert proc.returncode == 0, proc.stderr
+    a, b = np.load(full / "final.npz"), np.load(part / "final.npz")
+    assert np.array_equal(a["density"], b["density"]) and int(a["steps"]) == int(b["steps"])
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("solver.scheme=\"muscl\"", "solver.scheme"),
+    ("solver.step_rtol=0", "solver.step_rtol"),
+    ("solver.step_atol=2", "solver.step_atol"),
+    ("solver.time_integrator=\"implicitt\"", "solver.time_integrator"),
+])
+def test_implicit_refusals_exit_2_naming_the_key(tmp_path, setting, key):
+    proc = launch(1, "run", write(tmp_path), "--set", setting)
+    assert proc.returncode == 2 and key in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not installed")
+def test_implicit_under_mpiexec_is_refused_with_a_reason(tmp_path):
+    proc = launch(2, "run", write(tmp_path))
+    assert proc.returncode == 2 and "solver.time_integrator" in proc.stderr, proc.stderr
