@@ -33,14 +33,52 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("meanfield")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown (not installed)"
+
+
+_DOCS = "Documentation: README.md, docs/case-reference.md (every case key), docs/outputs.md (the files written)."
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="meanfield", description="Mean-field self-attention dynamics on the circle and the sphere.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    r = sub.add_parser("run", help="evolve the density of a case with the finite-volume solver")
-    pa = sub.add_parser("particles", help="evolve n particles of the same model (sampled from the initial density)")
+    p = _Parser(prog="meanfield", description="Mean-field self-attention dynamics on the circle and the sphere: the "
+                "continuity equation of tokens under attention (the PDE) and the same model's particles.",
+                epilog="examples:\n  meanfield run cases/circle_sa_clusters.toml --out runs/clusters\n"
+                       "  meanfield particles cases/authors_sphere.toml --n 256\n"
+                       "  meanfield compare cases/circle_compare.toml --particles 256,1024 --seeds 2\n\n" + _DOCS,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"meanfield {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{run,particles,compare}")
+    fmt = argparse.RawDescriptionHelpFormatter
+    r = sub.add_parser("run", help="evolve the density of a case with the finite-volume solver", formatter_class=fmt,
+                       description="Evolve the case's density (circle, sphere, zonal bands, or the causal bands x "
+                       "cells) to solver.t_end, writing snapshots, diagnostics.csv, clusters.csv and pictures.",
+                       epilog="examples:\n  meanfield run cases/circle_sa_clusters.toml --out runs/clusters\n"
+                              "  meanfield run cases/circle_usa_energy.toml --set model.beta=6 --out runs/usa6\n"
+                              "  meanfield run cases/circle_sa_clusters.toml --restart runs/clusters "
+                              "--set solver.t_end=40\n  mpiexec -n 2 meanfield run cases/sphere_usa.toml\n\n" + _DOCS)
+    pa = sub.add_parser("particles", help="evolve n particles of the same model (sampled from the initial density)",
+                        formatter_class=fmt,
+                        description="Sample n tokens from the case's initial density (or take initial.points) and "
+                        "move them with the same velocity field; particles.batch = B runs B prompts together.",
+                        epilog="examples:\n  meanfield particles cases/authors_sphere.toml --n 256 --out runs/p\n"
+                               "  meanfield particles cases/circle_causal_clusters.toml --n 2000\n\n"
+                               "docs/particles.md (integrators, samplers, distances), docs/batch.md. " + _DOCS)
     pa.add_argument("--n", type=str, help="number of particles (case key particles.n)")
     pa.add_argument("--seed", type=str, help="seed of the sample (case key particles.seed)")
-    co = sub.add_parser("compare", help="distance between the PDE and particle runs for several n and seeds")
+    co = sub.add_parser("compare", help="distance between the PDE and particle runs for several n and seeds",
+                        formatter_class=fmt,
+                        description="Run the PDE once and the particles for every n and seed; write compare.csv "
+                        "(t, n, seed, metric, distance), a table of the mean distance with the fitted exponent of "
+                        "distance ~ n^a, and compare.png.",
+                        epilog="example:\n  meanfield compare cases/circle_compare.toml --particles 256,1024,4096 "
+                               "--seeds 4 --metric w1 --out runs/cmp\n\ndocs/particles.md (the six distances). "
+                               + _DOCS)
     co.add_argument("--particles", type=str, metavar="N1,N2,...", help="particle numbers (case key compare.particles)")
     co.add_argument("--seeds", type=str, metavar="S", help="number of seeds S (seeds 0..S-1) or a list a,b,c")
     co.add_argument("--metric", type=str, help="w1, w2, sinkhorn, sliced, mmd or tv (case key compare.metric)")
@@ -56,10 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--overwrite", action="store_true",
                        help="replace the run of a different case in --out (or write into a non-empty directory that "
                             "holds no run); without it such a directory is refused (the same case is replaced)")
-    for q in (r, pa):
+    for q, what in ((r, "density"), (pa, "particles")):
         q.add_argument("--restart", metavar="DIR",
-                       help="continue the stopped run in DIR from its last complete snapshot, writing into DIR "
-                            "(run: or into --out, DIR then only read; the case must be DIR's but for solver.t_end)")
+                       help=f"continue the stopped run in DIR from its last complete snapshot (the {what} bitwise as "
+                            "they were), writing into DIR, or into --out (DIR is then only read); the case must be "
+                            "DIR's but for solver.t_end")
     return p
 
 
@@ -158,7 +197,12 @@ def _mpi_excepthook(dist):
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    if not argv:  # a bare `meanfield`: what it does and how to call it
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     from .io.case import CaseError, load_case, parse_override
     from .run import RunFailure, RunInterrupted, agreed, run_case
 
@@ -188,7 +232,8 @@ def main(argv=None) -> int:
                 out = restart_paths(args.out, restart)[1]  # DIR, or the other directory --out names
             else:
                 out = Path(args.out) if args.out else Path("runs") / Path(args.case).stem
-            progress = not args.quiet and sys.stderr.isatty()
+            # a bar on a terminal; in a job log (stderr not a terminal) a progress line every 30 s
+            progress = False if args.quiet else ("bar" if sys.stderr.isatty() else "log")
             source = str(Path(args.case))
             max_memory = None
             if args.max_memory is not None:

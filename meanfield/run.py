@@ -640,9 +640,13 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     sink = _Outputs.open(run, case, out_dir, times, source, dist, restart_from if restart else None, copying,
                          overwrite)
     rows, first = _restored(run, sink.saved, dist) if restart else ([], 0)
-    _log_start(run, case, label, times, out_dir, restart_from if restart else None, first, copying)
-    bar = _progress_bar(times[-1], run.state.t if restart else None) if progress and (dist is None or dist.root) \
-        else None
+    _log_start(run, case, label, times, out_dir, restart_from if restart else None, first, copying,
+               dist.size if dist is not None else 1)
+    bar = None
+    if progress and (dist is None or dist.root):
+        t0 = run.state.t if restart else None
+        ranks = dist.size if dist is not None else 1
+        bar = _ProgressLog(times[-1], t0, ranks) if progress == "log" else _progress_bar(times[-1], t0)
     try:
         arrays, seconds = _time_loop(run, case, times, first, rows, sink, bar)
     finally:
@@ -776,9 +780,9 @@ def _restored(run, saved, dist) -> tuple[list[dict], int]:
     return list(rows), k + 1
 
 
-def _log_start(run, case, label, times, out_dir, restart_from, first: int, copying: bool) -> None:
-    log.info("%s: %s; t_end=%g, %d snapshots%s", label, run.describe(), times[-1], len(times),
-             f" -> {out_dir}" if out_dir is not None else "")
+def _log_start(run, case, label, times, out_dir, restart_from, first: int, copying: bool, ranks: int = 1) -> None:
+    log.info("%s: %s; t_end=%g, %d snapshots%s%s", label, run.describe(), times[-1], len(times),
+             f" -> {out_dir}" if out_dir is not None else "", f"; {ranks} MPI ranks" if ranks > 1 else "")
     if getattr(run, "first_dt", None) is not None:
         fixed = run.first_bound == "dt"
         log.info("steps: %s to t_end at the step of t = 0 (%.3g, set by %s%s); limit solver.max_steps = %d",
@@ -788,6 +792,50 @@ def _log_start(run, case, label, times, out_dir, restart_from, first: int, copyi
         log.info("restart: continuing the run in %s from t = %r (snapshot %d of %d, step %d)%s", restart_from,
                  run.state.t, first - 1, len(times) - 1, run.state.steps,
                  f", writing into {out_dir} (snapshots 0..{first - 1} copied)" if copying else "")
+
+
+#: Seconds between the progress lines of a run whose stderr is not a terminal (job logs).
+PROGRESS_SECONDS = 30.0
+
+
+class _ProgressLog:
+    """The progress bar's stand-in when stderr is not a terminal: one log line every
+    ``interval`` seconds (:data:`PROGRESS_SECONDS`; the environment variable
+    ``MEANFIELD_PROGRESS_SECONDS`` overrides it) with the time reached, the steps, the last
+    step size, the elapsed time and an estimate of the time left (proportional to the model
+    time still to go), and the MPI ranks."""
+
+    def __init__(self, t_end: float, t_start=None, ranks: int = 1, interval: float | None = None):
+        import os
+
+        if interval is None:
+            try:
+                interval = float(os.environ.get("MEANFIELD_PROGRESS_SECONDS", PROGRESS_SECONDS))
+            except ValueError:
+                interval = PROGRESS_SECONDS
+        self.t_end, self.t_start, self.ranks, self.interval = float(t_end), float(t_start or 0.0), int(ranks), interval
+        self.n = self.t_start
+        self._postfix = ""
+        self._wall = self._last = time.perf_counter()
+
+    def set_postfix_str(self, text: str, refresh: bool = False) -> None:
+        self._postfix = text
+
+    def update(self, _increment=0) -> None:
+        now = time.perf_counter()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        elapsed = now - self._wall
+        done = self.n - self.t_start
+        left = elapsed * (self.t_end - self.n) / done if done > 0 else math.inf
+        eta = f"{left:.1f} s" if math.isfinite(left) else "unknown"
+        share = 100.0 * (self.n / self.t_end) if self.t_end > 0 else 100.0
+        log.info("progress: t=%.6g of %.6g (%.0f%%), %s, %.1f s elapsed, about %s left%s", self.n, self.t_end, share,
+                 self._postfix, elapsed, eta, f", {self.ranks} MPI ranks" if self.ranks > 1 else "")
+
+    def close(self) -> None:
+        pass
 
 
 def _progress_bar(t_end: float, t_start=None):

@@ -1,0 +1,44 @@
+"""The command line explains itself: usage on a bare ``meanfield``, ``--version``, examples in
+the help pages, and progress lines in a job log (stderr not a terminal)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _helpers import MEANFIELD
+
+pytestmark = pytest.mark.skipif(MEANFIELD is None, reason="the meanfield script is not installed")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def call(*args, env=None):
+    return subprocess.run([MEANFIELD, *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_bare_meanfield_prints_the_usage_and_exits_2():
+    proc = call()
+    assert proc.returncode == 2 and "usage: meanfield" in proc.stderr and "run" in proc.stderr
+    assert "examples:" in proc.stderr
+
+
+def test_version_and_help_pages():
+    proc = call("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("meanfield ")
+    for command in ("run", "particles", "compare"):
+        proc = call(command, "--help")
+        assert proc.returncode == 0 and "examples:" in proc.stdout or "example:" in proc.stdout
+        assert "docs/" in proc.stdout
+
+
+def test_a_piped_run_logs_progress_lines(tmp_path):
+    env = dict(os.environ, MEANFIELD_PROGRESS_SECONDS="0.2")
+    proc = subprocess.run([MEANFIELD, "run", str(REPO / "cases" / "circle_sa_clusters.toml"), "--out", str(tmp_path / "r"),
+                           "--set", "output.plots=false", "--set", "solver.t_end=20"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("progress: t=")]
+    assert len(lines) >= 3, proc.stdout
+    assert "left" in lines[-1] and "step" in lines[-1]
