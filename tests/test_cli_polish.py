@@ -3,7 +3,6 @@ the help pages, and progress lines in a job log (stderr not a terminal)."""
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
