@@ -69,8 +69,9 @@ Notes on what exists now:
   second-order accurate and the default. Each extra point adds a full field evaluation's
   worth of targets (cost proportional to `edge_points`).
 * `solver.backend`: `"direct"` sums exactly; `"spectral"` uses the truncated expansion (S^1:
-  any 2 x 2 Q, K, V; S^2: isotropic models only, Q^T K = c I and V = v I), accurate to
-  `solver.tolerance`; on S^2 with general Q, K, V it is an input error (exit status 2).
+  any 2 x 2 Q, K, V; S^2: Funk--Hecke for isotropic models, a separable expansion for any
+  Q, K, V, refused (exit status 2) only where its coefficient matrix would not fit in memory),
+  accurate to `solver.tolerance`.
   `"auto"` takes spectral where it exists and its estimated cost is below half of direct,
   else direct ([numerics.md](numerics.md#the-spectral-field-backend)).
 * `solver.tolerance`: relative accuracy of the spectral field (SA targets that would miss
@@ -82,8 +83,9 @@ Notes on what exists now:
 * `solver.dt` and `solver.integrator` are used by the particle solver only
   (`meanfield particles`, `meanfield compare`; [particles.md](particles.md#time-step));
   `solver.scheme` and `initial.quadrature_degree` by the PDE only; `solver.cfl`,
-  `solver.rate_cfl`, `solver.dt_max` and `solver.backend` by both. The PDE solver always
-  uses SSP-RK3 with adaptive steps ([numerics.md](numerics.md#time-step)).
+  `solver.rate_cfl`, `solver.dt_max` and `solver.backend` by both. The PDE steps with
+  `solver.time_integrator` (SSP Runge--Kutta with adaptive, positivity-checked steps,
+  [numerics.md](numerics.md#time-step); or `"implicit"`, [long_times.md](long_times.md)).
 * `[particles]` is read by `meanfield particles` (`--n N`, `--seed S` override it);
   `[compare]` by `meanfield compare` (`--particles N1,N2,...`, `--seeds S` for seeds
   0..S-1 or `--seeds A,B,...` for a list, `--metric NAME` override it). The flags are
@@ -146,7 +148,7 @@ traceback, e.g.
 
     meanfield: error: cases/circle_consensus_beta0.toml: model.beta: must be >= 0, got -1
     meanfield: error: --set: model.bta: unknown key (known: domain.manifold, ...)
-    meanfield: error: cases/circle_consensus_beta0.toml: solver.scheme: must be one of 'upwind', 'muscl', got 'weno'
+    meanfield: error: cases/circle_consensus_beta0.toml: solver.scheme: must be one of 'upwind', 'muscl', 'spectral', got 'weno'
     meanfield: error: nope.toml: no such file
     meanfield: error: --set: domain.mesh: "icosahedral:LEVEL" needs an integer LEVEL from 0 to 10, got 'icosahedral:11'
     meanfield: error: cases/my.toml: domain.mesh: /data/open.vtp: the surface is not closed: edge (61, 69) [...] belongs to only one triangle (2); 3 boundary edges in all (triangles 2, 15, 63)
@@ -184,9 +186,23 @@ def render() -> str:
     return HEADER + _escape_pipes(case_reference_markdown()) + "\n" + FOOTER
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Rewrite docs/case-reference.md from the case schema "
+                                 "(meanfield/io/case.py: every key, its default and its documentation).")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is not up to date")
+    args = ap.parse_args(argv)
     path = ROOT / "docs" / "case-reference.md"
-    path.write_text(render())
+    text = render()
+    if args.check:
+        current = path.read_text() if path.exists() else ""
+        if current != text:
+            print(f"{path} is out of date: run python docs/make_case_reference.py")
+            raise SystemExit(1)
+        print(f"{path} is up to date")
+        return
+    path.write_text(text)
     print(f"wrote {path}")
 
 
