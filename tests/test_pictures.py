@@ -1,0 +1,144 @@
+"""Sphere pictures (meanfield.io.render, meanfield.io.maps): rendered headless, read back.
+
+A known cluster (a von Mises--Fisher density on icosahedral level 3) must put its
+brightest pixels where the cluster is: on the Mollweide map (the pixel of its lon/lat
+through the map axes' transData) and at the centre of the front view.
+"""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import matplotlib
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from meanfield.geometry.sphere import load_icosahedral
+from meanfield.io.maps import lon_lat, sphere_map
+from meanfield.io.render import DPI, render_sphere, sphere_figure
+
+LON, LAT = 1.0, 0.4  # the cluster's centre (radians)
+
+
+def unit(lon, lat) -> np.ndarray:
+    return np.array([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return load_icosahedral(3)
+
+
+def vmf(mesh, direction, kappa=8.0) -> np.ndarray:
+    rho = np.exp(kappa * (np.asarray(mesh.centers) @ direction - 1.0))
+    return rho / (rho @ mesh.areas)
+
+
+def pixels(fig) -> np.ndarray:
+    """The figure as written (RGB in [0, 1], rows from the top)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    buf.seek(0)
+    return mpimg.imread(buf)[..., :3]
+
+
+def bright_centroid(img, ax, tol=0.03):
+    """Centroid (x, y from the bottom, pixels) of the pixels inside ``ax`` of the colour
+    map's top colour, and their count."""
+    top = np.asarray(matplotlib.colormaps["magma"](1.0)[:3])
+    h = img.shape[0]
+    box = ax.get_window_extent()
+    rows, cols = np.nonzero(np.abs(img - top).max(axis=-1) < tol)
+    y = h - rows - 0.5
+    x = cols + 0.5
+    inside = (x >= box.x0) & (x <= box.x1) & (y >= box.y0) & (y <= box.y1)
+    return np.array([x[inside].mean(), y[inside].mean()]) if inside.any() else None, int(inside.sum())
+
+
+def test_render_writes_a_picture_that_is_not_blank(tmp_path, mesh):
+    rng = np.random.default_rng(1)
+    pts = rng.normal(size=(64, 3))
+    pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+    path = render_sphere(tmp_path / "final.png", mesh, vmf(mesh, unit(LON, LAT)), title="case, SA, beta = 4, t = 1",
+                         points=pts)
+    img = mpimg.imread(path)
+    assert img.shape[:2] == (600, 1500)
+    assert img[..., :3].std() > 0.1
+    # the old signature, as plots.py calls it
+    path = render_sphere(tmp_path / "plain.png", mesh, np.ones(mesh.n_cells), title="density at t = 0")
+    assert mpimg.imread(path).shape[:2] == (600, 1500)
+
+
+def test_single_cluster_is_brightest_where_it_is_on_map_and_front_view(mesh):
+    fig, axes, direction = sphere_figure(mesh, vmf(mesh, unit(LON, LAT)), title="one cluster")
+    assert direction @ unit(LON, LAT) > 0.99  # the front view looks at the mass
+    img = pixels(fig)
+    expected = axes["map"].transData.transform((LON, LAT))
+    found, n = bright_centroid(img, axes["map"])
+    assert n > 10 and np.linalg.norm(found - expected) < 15, (found, expected, n)
+    expected = axes["front"].transData.transform((0.0, 0.0))
+    found, n = bright_centroid(img, axes["front"])
+    assert n > 10 and np.linalg.norm(found - expected) < 15, (found, expected, n)
+    assert bright_centroid(img, axes["back"])[1] == 0
+
+
+def test_cluster_on_the_date_line_does_not_smear(mesh):
+    fig, axes, _ = sphere_figure(mesh, vmf(mesh, unit(np.pi, 0.0), kappa=20.0))
+    img = pixels(fig)
+    ax = axes["map"]
+    h = img.shape[0]
+    top = np.asarray(matplotlib.colormaps["magma"](1.0)[:3])
+    for side in (-1, 1):  # the cluster shows at both ends of the map
+        x, y = ax.transData.transform((side * (np.pi - 0.08), np.radians(7.5)))  # between grid lines
+        assert np.abs(img[int(h - y), int(x)] - top).max() < 0.1
+    # nothing bright across the middle (a triangle drawn from lon -pi to pi would be)
+    for lat in np.radians(np.arange(-67.5, 70, 15)):  # between the grid lines
+        for lon in np.radians(np.arange(-105, 106, 30)):
+            x, y = ax.transData.transform((lon, lat))
+            assert img[int(h - y), int(x)].mean() < 0.25, (lon, lat, img[int(h - y), int(x)])
+
+
+def test_poles_are_covered_on_a_rotated_mesh(mesh):
+    """A triangle around a pole (not a vertex at it) still fills the map up to the pole."""
+    q, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))
+    rotated = SimpleNamespace(vertices=mesh.vertices @ q.T, triangles=mesh.triangles, centers=mesh.centers @ q.T,
+                              areas=mesh.areas)
+    z = np.asarray(rotated.centers)[:, 2]
+    fig, axes, _ = sphere_figure(rotated, z ** 2 + 0.05)
+    img = pixels(fig)
+    h = img.shape[0]
+    for lat in (1.5, -1.5):
+        for lon in np.linspace(-2.0, 2.0, 5):  # (the ellipse's outline lies further out)
+            x, y = axes["map"].transData.transform((lon, lat))
+            assert img[int(h - y), int(x)].mean() > 0.5, (lon, lat)  # bright: no black background shows
+
+
+def test_colour_bar_outside_the_discs_and_log_label(mesh):
+    fig, axes, _ = sphere_figure(mesh, vmf(mesh, unit(LON, LAT), kappa=20.0))
+    bar = axes["colorbar"].get_window_extent()
+    for name in ("map", "front", "back"):
+        assert not bar.overlaps(axes[name].get_window_extent()), name
+    assert "log scale" in axes["colorbar"].get_xlabel()
+    fig, axes, _ = sphere_figure(mesh, 1.0 + 0.5 * np.asarray(mesh.centers)[:, 0])
+    assert "log" not in axes["colorbar"].get_xlabel()
+    # the map alone: its own colour bar below it
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=DPI)
+    ax = fig.add_subplot(projection="mollweide")
+    sphere_map(ax, mesh, vmf(mesh, unit(LON, LAT)))
+    cax = fig.axes[-1]
+    assert cax is not ax and not cax.get_window_extent().overlaps(ax.get_window_extent())
+
+
+def test_particles_are_visible(mesh):
+    pts = np.array([unit(-2.0, -0.5), unit(0.5, 0.7)])
+    fig, axes, direction = sphere_figure(mesh, np.ones(mesh.n_cells), points=pts)
+    img = pixels(fig)
+    h = img.shape[0]
+    for p in pts:
+        x, y = axes["map"].transData.transform(lon_lat(p))
+        assert img[int(h - y), int(x)].min() > 0.9  # a white dot over the (black) density
+    assert fig.axes[1].collections[-1].get_offsets().shape[0] + fig.axes[2].collections[-1].get_offsets().shape[0] == 2
