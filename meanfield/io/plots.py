@@ -126,17 +126,21 @@ def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = Fa
     ax3 = ax.twinx()
     ax3.step(t, get("n_clusters"), where="post", color="C3", label="clusters")
     ax3.set_ylabel("clusters", color="C3")
+    ax3.yaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("order parameter")
     ax = axes[1, 0]
     ax.semilogy(t, get("max_density"), label="max")
     floor = get("max_density").max() * 1e-16  # an emptied region would otherwise span 300 decades
-    ax.semilogy(t, np.maximum(get("min_density"), floor), label="min")
+    ax.semilogy(t, np.maximum(get("min_density"), floor), label="min (drawn ≥ 1e-16 max)")
     ax.set_ylabel("density")
-    ax.legend()
+    from matplotlib.ticker import NullFormatter
+
+    ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
+    ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("t")
     ax = axes[1, 1]
     ax.semilogy(t, np.maximum(np.abs(get("mass") - 1.0), 1e-17), "o-", ms=3)
-    ax.set_ylabel("|mass − 1|")
+    ax.set_ylabel("|mass − 1| (drawn ≥ 1e-17)")
     ax.set_xlabel("t")
     if title:
         fig.suptitle(title)
@@ -421,13 +425,19 @@ def plot_compare(path, rows) -> Path:
         sel = [r for r in rows if r["t"] == t]
         means = np.array([np.mean([r["distance"] for r in sel if r["n"] == n]) for n in ns])
         spread = np.array([np.std([r["distance"] for r in sel if r["n"] == n]) for n in ns])
-        ax.errorbar(ns, means, yerr=spread, marker="o", capsize=3, label=f"t = {t:g}")
+        slope = np.polyfit(np.log(ns), np.log(means), 1)[0] if len(ns) > 1 and np.all(means > 0) else float("nan")
+        ax.errorbar(ns, means, yerr=spread, marker="o", capsize=3, label=f"t = {t:g} (fitted n^{slope:.2f})")
     if len(ns) > 1 and rows:
         ref = np.mean([r["distance"] for r in rows if r["n"] == ns[0]])
         ax.plot(ns, ref * (ns / ns[0]) ** -0.5, "k--", lw=1, label="n^(-1/2)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):  # minor tick labels of a short log axis overlap
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(ns, [f"{int(n)}" for n in ns])
     ax.set_xlabel("number of particles n")
-    ax.set_ylabel(f"{rows[0]['metric'] if rows else ''} distance to the PDE")
+    ax.set_ylabel(f"{rows[0]['metric'] if rows else ''} distance to the PDE (mean ± std over seeds)")
     ax.legend()
     return _save(plt, fig, path)
