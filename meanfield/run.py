@@ -965,4 +965,8 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
         else:
             plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"], switches=switches)
         plots.plot_cluster_tracks(out_dir, sim.mesh.manifold)
+    if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
+        from .io.movie import write_movie
+
+        write_movie(Path(out_dir) / "movie.gif", sim.mesh, result.snapshots, title=describe_model(sim.model))
     return result

@@ -41,3 +41,20 @@ def test_a_piped_run_logs_progress_lines(tmp_path):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("progress: t=")]
     assert len(lines) >= 3, proc.stdout
     assert "left" in lines[-1] and "step" in lines[-1]
+
+
+@pytest.mark.parametrize("case, command", [("circle_sa_clusters.toml", "run"), ("sphere_usa.toml", "run"),
+                                           ("authors_sphere.toml", "particles"), ("circle_causal_clusters.toml", "run")])
+def test_movies_have_one_frame_per_snapshot(tmp_path, case, command):
+    from PIL import Image
+
+    out = tmp_path / "r"
+    extra = ["--set", "domain.mesh=\"icosahedral:2\""] if case == "sphere_usa.toml" else []
+    if case == "circle_causal_clusters.toml":
+        extra = ["--set", "domain.positions=4", "--set", "domain.cells=64"]
+    proc = subprocess.run([MEANFIELD, command, str(REPO / "cases" / case), "--out", str(out), "--set",
+                           "output.movie=true", "--set", "output.plots=false", "--set", "solver.t_end=1",
+                           "--set", "output.every=0.25", *extra], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out / "movie.gif") as gif:
+        assert gif.n_frames == 5 and gif.size[0] >= 400 and gif.size[1] >= 200

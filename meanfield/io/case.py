@@ -475,6 +475,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "output": {
         "every": Key(real(0.0, lo_open=True), None, "time between snapshots (default t_end / 20)."),
         "plots": Key(boolean, True, "write PNG pictures at the end of the run."),
+        "movie": Key(boolean, False, "write `movie.gif` at the end of the run: one frame per snapshot (the density "
+                     "profile, the causal (s, theta) map, the sphere's equal-area map, or the tokens; "
+                     "meanfield/io/movie.py)."),
     },
     "particles": {
         "n": Key(integer(1, 10**8), 1000, "`meanfield particles`: number of particles (`--n` overrides)."),

@@ -286,6 +286,11 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
                                      t, run.bands, run.criterion)
         if mesh is not None and mesh.d <= 3:
             plots.plot_cluster_tracks(out_dir, mesh.manifold)
+    if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
+        from ..io.movie import write_movie
+
+        write_movie(Path(out_dir) / "movie.gif", mesh, run.snapshots, title=describe_model(system.model),
+                    particles=True)
     return run
 
 
