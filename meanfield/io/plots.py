@@ -147,16 +147,22 @@ def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = Fa
     return _save(plt, fig, path)
 
 
-def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=()) -> list[Path]:
+def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=(), label: str = "") -> list[Path]:
+    """``diagnostics.png`` and ``density.png`` (circle, zonal) or ``initial.png``/``final.png``
+    (sphere); ``label`` (e.g. the case and its model) heads every title."""
     out_dir = Path(out_dir)
-    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, shifted=shifted, switches=switches)]
+    head = f"{label}: " if label else ""
+    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, title=label, shifted=shifted,
+                              switches=switches)]
     if mesh.manifold in ("circle", "zonal"):
-        paths.append(plot_spacetime(out_dir / "density.png", mesh, result.snapshots))
+        t_end = result.snapshots[-1][0]
+        paths.append(plot_spacetime(out_dir / "density.png", mesh, result.snapshots,
+                                    title=f"{head}density to t = {t_end:g}" if label else ""))
     else:
         from .render import render_sphere
 
         for name, (t, rho) in (("initial.png", result.snapshots[0]), ("final.png", result.snapshots[-1])):
-            paths.append(render_sphere(out_dir / name, mesh, rho, title=f"density at t = {t:g}"))
+            paths.append(render_sphere(out_dir / name, mesh, rho, title=f"{head}density at t = {t:g}"))
     return paths
 
 
