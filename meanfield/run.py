@@ -964,7 +964,7 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
             plots.write_causal_plots(out_dir, sim.mesh, result, switches=switches)
         else:
             plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"], switches=switches,
-                                  label=f"{Path(str(source)).stem}, {describe_model(sim.model)}")
+                                  label=f"{Path(str(source)).stem}, {describe_model(sim.model)}", model=sim.model)
         plots.plot_cluster_tracks(out_dir, sim.mesh.manifold)
     if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
         from .io.movie import write_movie

@@ -58,3 +58,20 @@ def test_movies_have_one_frame_per_snapshot(tmp_path, case, command):
     assert proc.returncode == 0, proc.stderr
     with Image.open(out / "movie.gif") as gif:
         assert gif.n_frames == 5 and gif.size[0] >= 400 and gif.size[1] >= 200
+
+
+def test_pictures_are_not_blank_and_the_modes_follow_the_theory(tmp_path):
+    """A circle run of one head draws modes.png (the amplitudes against e^{sigma_k t}); every
+    PNG it writes reads back with real contrast (pixel spread)."""
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "r"
+    proc = subprocess.run([MEANFIELD, "run", str(REPO / "cases" / "circle_sa_clusters.toml"), "--out", str(out),
+                           "--set", "solver.t_end=4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["clusters.png", "density.png", "diagnostics.png", "modes.png"], names
+    for path in out.glob("*.png"):
+        pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
+        assert pixels.shape[0] >= 300 and pixels.shape[1] >= 500 and pixels.std() > 10, path.name

@@ -147,9 +147,11 @@ def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = Fa
     return _save(plt, fig, path)
 
 
-def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=(), label: str = "") -> list[Path]:
-    """``diagnostics.png`` and ``density.png`` (circle, zonal) or ``initial.png``/``final.png``
-    (sphere); ``label`` (e.g. the case and its model) heads every title."""
+def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=(), label: str = "",
+                    model=None) -> list[Path]:
+    """``diagnostics.png`` and ``density.png`` (circle, zonal; ``modes.png`` on the circle for one
+    isotropic head, :func:`plot_modes`) or ``initial.png``/``final.png`` (sphere); ``label``
+    (e.g. the case and its model) heads every title."""
     out_dir = Path(out_dir)
     head = f"{label}: " if label else ""
     paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, title=label, shifted=shifted,
@@ -158,12 +160,51 @@ def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=(), l
         t_end = result.snapshots[-1][0]
         paths.append(plot_spacetime(out_dir / "density.png", mesh, result.snapshots,
                                     title=f"{head}density to t = {t_end:g}" if label else ""))
+        if model is not None:
+            got = plot_modes(out_dir / "modes.png", mesh, result.snapshots, model)
+            if got is not None:
+                paths.append(got)
     else:
         from .render import render_sphere
 
         for name, (t, rho) in (("initial.png", result.snapshots[0]), ("final.png", result.snapshots[-1])):
             paths.append(render_sphere(out_dir / name, mesh, rho, title=f"{head}density at t = {t:g}"))
     return paths
+
+
+def plot_modes(path, mesh, snapshots, model, count: int = 4) -> Path | None:
+    """``modes.png`` (circle runs of one isotropic head): the Fourier amplitudes
+    ``|rho_k(t)|`` of the ``count`` modes largest at ``t = 0`` on a log scale, each against its
+    linear theory ``|rho_k(0)| e^{sigma_k t}`` (``sigma_k`` of :func:`meanfield.growth_rate`,
+    dashed), the first check a reader makes; ``None`` when the model has no such theory."""
+    from ..dynamics.model import as_velocity_model
+    from ..fields.attention import AttentionModel, growth_rate
+
+    single = model if isinstance(model, AttentionModel) else as_velocity_model(model).single_head
+    if getattr(mesh, "manifold", "") != "circle" or single is None or single.isotropic() is None:
+        return None
+    c, v = single.isotropic()
+    t = np.array([s[0] for s in snapshots])
+    rho = np.array([s[1] for s in snapshots])
+    amp = np.abs(np.fft.rfft(rho * mesh.areas, axis=1))[:, 1:] / np.pi  # |rho_k| per unit of the uniform state
+    if amp.shape[1] == 0:
+        return None
+    ks = np.argsort(-amp[0])[:count] + 1
+    rates = v * growth_rate(ks, single.beta * c, 2, single.normalized, shift=single.logit_offset != 0.0)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    floor = amp.max() * 1e-12
+    for i, (k, rate) in enumerate(zip(ks, rates)):
+        color = f"C{i}"
+        ax.semilogy(t, np.maximum(amp[:, k - 1], floor), "o-", ms=3, color=color, label=f"k = {k} (rate {rate:.3g})")
+        ax.semilogy(t, amp[0, k - 1] * np.exp(rate * t), "--", color=color, lw=1)
+    top = amp.max()
+    ax.set_ylim(max(floor, amp[0, ks - 1].min() * 1e-3), top * 10)
+    ax.set_xlabel("t")
+    ax.set_ylabel("|Fourier amplitude| of the cell masses")
+    ax.set_title("modes against the linear theory (dashed: |rho_k(0)| e^{sigma_k t})", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
 
 
 def _band_panels(fig, axes, positions, profiles) -> None:
