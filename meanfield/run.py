@@ -477,9 +477,13 @@ def check_same_case(case: dict, stored: dict, source="<case>", where="the run", 
         if not isinstance(a, dict):
             raise CaseError(source, section, f"{where} has no table [{section}]")
         keys = list(SCHEMA.get(section, {})) + [k for k in a if k not in SCHEMA.get(section, {})]
+        from .io.case import applies
+
         for key in keys:
             if ((section, key) == ("solver", "t_end") and not t_end) or a.get(key) == b.get(key):
                 continue
+            if not applies(case, section, key):
+                continue  # a key another manifold reads (older runs wrote them all)
             spec = SCHEMA.get(section, {}).get(key)
             if key not in a and spec is not None and b.get(key) == spec.default:
                 continue  # a key added after that run was made, at its default: the same case

@@ -130,16 +130,18 @@ def test_zonal_modes_are_sampled_exactly_in_any_d():
 
 
 def test_a_run_made_before_domain_d_existed_still_restarts(tmp_path):
-    """Runs written before ``domain.d`` lack it in their case.toml; it resolves to the
-    manifold's own dimension, so they are the same case and restart."""
+    """Runs written before ``domain.d`` lack it in their case.toml (it resolves to the manifold's
+    own dimension) and list the keys another manifold reads (no longer written): they are the
+    same case and restart."""
     path = tmp_path / "c.toml"
     path.write_text("[domain]\ncells = 64\n[model]\nbeta = 3.0\n[initial]\nkind = \"modes\"\n"
                     "modes = [{k = 2, amplitude = 0.1}]\n[solver]\nt_end = 0.5\n[output]\nevery = 0.25\nplots = false\n")
     out = tmp_path / "run"
     assert launch(1, "run", path, "--out", out).returncode == 0
     stored = (out / "case.toml").read_text()
-    assert "d = 2" in stored
-    (out / "case.toml").write_text(stored.replace("d = 2\n", ""))
+    assert "d = 2" in stored and "mesh" not in stored  # (a circle run writes no sphere-only keys)
+    # an older run: no domain.d, and the sphere-only keys it used to write
+    (out / "case.toml").write_text(stored.replace("d = 2\n", "mesh = \"icosahedral:4\"\nedge_points = 1\n"))
     proc = launch(1, "run", path, "--restart", out, "--set", "solver.t_end=1.0")
     assert proc.returncode == 0, proc.stderr
 

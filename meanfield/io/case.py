@@ -805,11 +805,26 @@ def _load_function(ref: str, base_dir: Path, source):
     return resolved, fn
 
 
+#: Keys of ``[domain]`` that only one kind of manifold reads (the others leave them out of a
+#: resolved case.toml).
+MANIFOLD_KEYS = {"cells": ("circle", "zonal"), "mesh": ("sphere",), "edge_points": ("sphere",)}
+
+
+def applies(case: dict, section: str, key: str) -> bool:
+    """Whether ``section.key`` means anything for the case's manifold (``domain.mesh`` does not
+    on the circle, ``domain.cells`` not on the sphere)."""
+    if section == "domain" and key in MANIFOLD_KEYS:
+        return case.get("domain", {}).get("manifold", "circle") in MANIFOLD_KEYS[key]
+    return True
+
+
 def dump_case(case: dict) -> dict:
-    """The resolved case as plain TOML-serializable data (private keys dropped)."""
+    """The resolved case as plain TOML-serializable data (private keys dropped, and the keys
+    another manifold reads, :func:`applies`)."""
     out = {}
     for section, table in case.items():
-        out[section] = {k: v for k, v in table.items() if k in SCHEMA[section] and v is not None}
+        out[section] = {k: v for k, v in table.items() if k in SCHEMA[section] and v is not None
+                        and applies(case, section, k)}
     return out
 
 
