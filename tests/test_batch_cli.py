@@ -1,5 +1,6 @@
-"""``particles.batch = B`` from the command line: what a batch run writes, its restart, and its
-refusals (batch < 1, a batch too large for the memory, noise, MPI)."""
+"""``particles.batch = B`` from the command line: what a batch run writes, its restart, noise
+(prompt b follows the single run of seed [S, b]), MPI, and the refusals (batch < 1, a batch
+too large for the memory, noise with an error-controlled integrator)."""
 
 import csv
 
@@ -71,7 +72,6 @@ def test_a_batch_run_restarts_bitwise(tmp_path):
 @pytest.mark.parametrize("setting, key", [
     ("particles.batch=0", "particles.batch"),
     ("particles.batch=1000000000", "particles.batch"),  # far beyond the memory
-    ("model.noise=0.1", "model.noise"),
 ])
 def test_batch_refusals_exit_2_naming_the_key(tmp_path, setting, key):
     proc = launch(1, "particles", write(tmp_path), "--set", setting)
@@ -94,3 +94,27 @@ def test_a_batch_is_split_across_mpi_ranks_by_prompt(tmp_path):
     assert np.allclose(finals[0]["order_parameter"], finals[1]["order_parameter"], rtol=0, atol=1e-14)
     proc = launch(3, "particles", case, "--set", "particles.batch=2")
     assert proc.returncode == 2 and "particles.batch" in proc.stderr, proc.stderr
+
+
+def test_a_noisy_batch_follows_the_single_runs_of_its_seeds(tmp_path):
+    """model.noise = 0.3: prompt b of the batch (seed [3, b]) is the single noisy run with the
+    sample and the Brownian normals of the seed [3, b], to round-off."""
+    from meanfield.dynamics.model import VelocityModel
+    from meanfield.fields.attention import AttentionModel
+    from meanfield.particles.sampling import sample
+    from meanfield.particles.system import ParticleState, ParticleSystem
+    from meanfield.pde.solver import make_velocity
+
+    out = tmp_path / "run"
+    proc = launch(1, "particles", write(tmp_path), "--out", out, "--set", "model.noise=0.3")
+    assert proc.returncode == 0, proc.stderr
+    z = np.load(out / "final.npz")
+    velocity = make_velocity(VelocityModel(8, AttentionModel(d=8, beta=4.0)), "direct")
+    for b in (0, 13):
+        x, w = sample({"kind": "uniform"}, 8, 12, [3, b])
+        state = ParticleState.create(x, w)
+        ParticleSystem(velocity, integrator="rk4", dt=0.1, noise=0.3, seed=[3, b]).advance(state, 2.0)
+        assert np.abs(state.x - z["points"][b]).max() <= 1e-13
+    proc = launch(1, "particles", write(tmp_path), "--set", "model.noise=0.3", "--set", "solver.integrator=\"dopri5\"",
+                  "--set", "solver.dt=\"auto\"")
+    assert proc.returncode == 2 and "model.noise" in proc.stderr, proc.stderr

@@ -428,7 +428,8 @@ class BatchSystem(Stepper):
     """
 
     def __init__(self, field, weights, integrator: str = "rk4", dt="auto", cfl: float = 0.4, rate_cfl: float = 0.1,
-                 dt_max: float = math.inf, rtol: float = 1e-8, atol: float = 1e-10, max_steps: int | None = 1_000_000):
+                 dt_max: float = math.inf, rtol: float = 1e-8, atol: float = 1e-10, max_steps: int | None = 1_000_000,
+                 noise: float = 0.0, seeds=None):
         if not hasattr(field, "batch"):
             from ..dynamics.velocity import as_velocity
             from ..fields.attention import AttentionModel, DirectField
@@ -455,6 +456,20 @@ class BatchSystem(Stepper):
         self.max_steps = None if max_steps is None else int(max_steps)
         #: prompt steps rejected by the error control
         self.rejected = 0
+        #: Brownian tokens (``model.noise``): sigma, and the noise seed of every prompt
+        #: (prompt b draws the normals of :func:`~meanfield.particles.system.noise_normals` with
+        #: its own seed, so it follows the single run with that seed)
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
+            raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+        self.noise = float(noise)
+        self.seeds = None
+        if self.noise > 0:
+            if self.integrator.adaptive or self.dt == "auto":
+                raise ValueError("model.noise: a noisy batch needs a fixed step (solver.integrator \"rk4\", \"euler\" "
+                                 "or \"euler_tangent\" with a number solver.dt)")
+            if seeds is None:
+                raise ValueError("a noisy batch needs the noise seed of every prompt (seeds)")
+            self.seeds = [tuple(sd) if not isinstance(sd, (int, np.integer)) else int(sd) for sd in seeds]
 
     # -- the field --------------------------------------------------------------------------------
     @property
@@ -487,14 +502,34 @@ class BatchSystem(Stepper):
         def rhs(x):
             return self.velocity(x, t0)
 
-        v0 = self.velocity(state.x, t0, project=not integ.unprojected)
-        x = integ.step(rhs, state.x, dt, v0)
+        if self.noise > 0:  # Strang: Brownian half step, the integrator's step, Brownian half step
+            x = self._noisy(state, dt, rhs, t0)
+        else:
+            v0 = self.velocity(state.x, t0, project=not integ.unprojected)
+            x = integ.step(rhs, state.x, dt, v0)
         if not np.all(np.isfinite(x)):
             raise NonFiniteStateError(f"t={t0 + dt:.6g}: a token position became non-finite")
         state.x = x
         self.finish_step(state, dt, t_limit)
         self._count(state)
         return dt
+
+    def _noisy(self, state, dt: float, rhs, t0: float) -> np.ndarray:
+        """``B(h/2) A(dt) B(h/2) x`` for every prompt (``h = sigma^2 dt``), as
+        :meth:`ParticleSystem._noisy_step`: prompt b with the normals of its own seed at step
+        ``state.steps``; the Brownian steps act row by row, so the prompts are stacked."""
+        from .system import brownian_step, noise_normals
+
+        B, n, d = state.x.shape
+        if len(self.seeds) != B:
+            raise ValueError(f"{len(self.seeds)} noise seeds for {B} prompts")
+        g = np.stack([noise_normals(sd, state.steps, n, d) for sd in self.seeds])  # (B, n, 2, d)
+        half = 0.5 * self.noise ** 2 * dt
+        integ = self.integrator
+        x = brownian_step(state.x.reshape(-1, d), half, np.ascontiguousarray(g[:, :, 0].reshape(-1, d))).reshape(B, n, d)
+        v0 = self.velocity(x, t0, project=not integ.unprojected)
+        x = integ.step(rhs, x, dt, v0)
+        return brownian_step(x.reshape(-1, d), half, np.ascontiguousarray(g[:, :, 1].reshape(-1, d))).reshape(B, n, d)
 
     def _count(self, state):
         if self.max_steps is not None and state.steps > self.max_steps:

@@ -19,8 +19,10 @@ writes the files of a particle run (:func:`meanfield.run.drive`), with
 docs/batch.md has the model and the measured numbers. Restart continues from the last
 snapshot bitwise (the points of every prompt are stored). Under ``mpiexec`` every rank runs its
 contiguous share of the prompts (``Distributor.share``; at least one each) and the snapshots
-gather them, so the files do not depend on the number of ranks. Not yet: noise in a batch
-(refused, naming ``model.noise``).
+gather them, so the files do not depend on the number of ranks. Noise (``model.noise``):
+prompt b takes the Brownian normals of the seed ``[particles.seed, b]``, as the single run
+with that seed; a fixed step is needed (``solver.integrator`` ``"rk4"`` or an Euler with a
+number ``solver.dt``).
 """
 
 from __future__ import annotations
@@ -56,9 +58,6 @@ def build_batch(case: dict, n: int, seed: int, source="<case>", dist=None):
                             f"(at least one prompt per rank): run fewer ranks or more prompts")
         share = dist.share(B)
         prompts = list(range(share.start, share.stop))
-    if case["model"]["noise"]:
-        raise CaseError(source, "model.noise", "a batch of prompts has no Brownian steps yet: run the noisy prompts "
-                        "one by one (particles.batch = 1)")
     if case["initial"]["kind"] == "points":
         raise CaseError(source, "initial.kind", "\"points\" give one prompt; a batch samples its prompts from a "
                         "density (particles.batch = 1 for given points)")
@@ -74,11 +73,17 @@ def build_batch(case: dict, n: int, seed: int, source="<case>", dist=None):
         key = {"python": "initial.function"}.get(case["initial"]["kind"], "initial.kind")
         raise CaseError(source, key, str(exc)) from None
     velocity = make_velocity(model, "direct", s["tolerance"])
+    indices = prompts if isinstance(prompts, list) else list(range(B))
+    noise = case["model"]["noise"]
     try:
         system = BatchSystem(velocity, w, integrator=s["integrator"], dt=s["dt"], cfl=s["cfl"],
-                             rate_cfl=s["rate_cfl"], dt_max=s["dt_max"], rtol=s["rtol"], atol=s["atol"], max_steps=None)
+                             rate_cfl=s["rate_cfl"], dt_max=s["dt_max"], rtol=s["rtol"], atol=s["atol"], max_steps=None,
+                             noise=noise, seeds=[[seed, b] for b in indices] if noise else None)
     except ValueError as exc:
-        raise CaseError(source, "solver.integrator" if "integrator" in str(exc) else "solver.dt", str(exc)) from None
+        text = str(exc)
+        key = "model.noise" if text.startswith("model.noise") else (
+            "solver.integrator" if "integrator" in text else "solver.dt")
+        raise CaseError(source, key, text.removeprefix("model.noise: ")) from None
     return system, BatchState(0.0, np.array(x0, dtype=float))  # (unit rows: the sampler normalizes)
 
 

@@ -189,12 +189,22 @@ def brownian_step(x: np.ndarray, s: float, g: np.ndarray) -> np.ndarray:
     return y
 
 
-def noise_normals(seed: int, step: int, n: int, d: int) -> np.ndarray:
+def _seed_words(seed) -> list[int]:
+    """A seed as a list of integers >= 0: an int, or a sequence of them (prompt b of a batch
+    with seed S has the seed ``[S, b]``)."""
+    words = [seed] if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else list(seed)
+    if not words or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0 for w in words):
+        raise ValueError(f"seed must be an integer >= 0 or a sequence of them, got {seed!r}")
+    return [int(w) for w in words]
+
+
+def noise_normals(seed, step: int, n: int, d: int) -> np.ndarray:
     """The standard normals ``(n, 2, d)`` of step ``step`` (the two Brownian half steps of
     every particle, particle i in row i, so its draws do not depend on n either), from
-    ``numpy.random.default_rng([seed, NOISE_STREAM, step])``: a function of the seed and the
-    step index alone."""
-    return np.random.default_rng([int(seed), NOISE_STREAM, int(step)]).standard_normal((n, 2, d))
+    ``numpy.random.default_rng([seed, NOISE_STREAM, step])`` (``seed`` an int, or a sequence
+    of ints spliced in: ``[S, b, NOISE_STREAM, step]`` for prompt b of a batch): a function of
+    the seed and the step index alone."""
+    return np.random.default_rng([*_seed_words(seed), NOISE_STREAM, int(step)]).standard_normal((n, 2, d))
 
 
 @dataclass(frozen=True)
@@ -439,8 +449,7 @@ class ParticleSystem(Stepper):
                  max_steps: int | None = 1_000_000, t_end: float | None = None, noise: float = 0.0, seed: int = 0):
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
             raise ParticleSettingError("model.noise", f"must be a finite number >= 0, got {noise!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        _seed_words(seed)  # an int >= 0 or a sequence of them (a batch's prompt: [S, b])
         if integrator is None:
             integrator = "dopri5" if dt == "auto" and not noise else "rk4"
         if integrator not in INTEGRATORS:
@@ -491,7 +500,8 @@ class ParticleSystem(Stepper):
         self.max_steps = None if max_steps is None else int(max_steps)
         self.t_end = None if t_end is None else float(t_end)
         #: sigma of the Brownian noise (0: none) and the seed of its normals
-        self.noise, self.seed = float(noise), int(seed)
+        self.noise = float(noise)
+        self.seed = int(seed) if isinstance(seed, (int, np.integer)) else tuple(_seed_words(seed))
         self._budget = None  # the progress guarantee of meanfield.run.drive, for runs driven from Python
         self._t = 0.0  # the start of the current step: the terms acting during it
         self.rate, self.length = self.time_scales(0.0)
