@@ -197,6 +197,17 @@ def sample_prompts(initial_spec: dict, d: int, n: int, prompts, seed: int = 0, c
     return np.stack(xs), w
 
 
+def write_rows(path, rows: list[dict]) -> str:
+    """``rows`` (dicts with the same keys) as a CSV file with a header row; returns ``path``."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 # -- statistics ------------------------------------------------------------------------------------
 def connected_groups(adjacent: np.ndarray) -> np.ndarray:
     """The number of connected components ``(B,)`` of each graph of the boolean adjacency
@@ -374,14 +385,7 @@ class BatchResult:
 
     def write_csv(self, path) -> str:
         """:meth:`rows` as CSV (header row); returns ``path``."""
-        import csv
-
-        rows = self.rows()
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
+        return write_rows(path, self.rows())
 
     def table(self) -> str:
         """The means and the median per output time, as text."""

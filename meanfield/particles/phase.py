@@ -381,14 +381,9 @@ class PhaseResult:
 
     def write_csv(self, path) -> str:
         """:meth:`rows` as CSV; returns ``path``."""
-        import csv
+        from .batch import write_rows
 
-        rows = self.rows()
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
+        return write_rows(path, self.rows())
 
     def first_time(self, level: float = 0.5) -> np.ndarray:
         """Per value, the first output time at which ``merged >= level`` (``nan``: never)."""

@@ -285,17 +285,23 @@ def _evaluate(f, x: np.ndarray) -> np.ndarray:
     return v
 
 
+def _probe_points(mesh) -> np.ndarray:
+    """``(cells, probes, d)``: the points where a density is probed for the bounds of its
+    proposal cells: each cell's degree-6 quadrature nodes and its corners."""
+    pts, _ = mesh.cell_quadrature(6)
+    if getattr(mesh, "manifold", "") == "circle":
+        ends = [mesh.edge_points[mesh.cell_edges[:, k]] for k in (0, 1)]
+        return np.concatenate([pts, *ends], axis=1)
+    if hasattr(mesh, "triangles"):
+        return np.concatenate([pts, mesh.vertices[mesh.triangles]], axis=1)
+    return pts
+
+
 def _sample_python(rng, f, d: int, n: int, mesh=None) -> np.ndarray:
     mesh = mesh if mesh is not None else _proposal_mesh(d)
     if mesh is None or mesh.d != d or not hasattr(mesh, "cell_quadrature"):
         return _sample_python_uniform(rng, f, d, n)
-    pts, _ = mesh.cell_quadrature(6)
-    probe = pts
-    if getattr(mesh, "manifold", "") == "circle":
-        ends = [mesh.edge_points[mesh.cell_edges[:, k]] for k in (0, 1)]
-        probe = np.concatenate([pts, *ends], axis=1)
-    elif hasattr(mesh, "triangles"):
-        probe = np.concatenate([pts, mesh.vertices[mesh.triangles]], axis=1)
+    probe = _probe_points(mesh)
     values = _evaluate(f, probe.reshape(-1, d)).reshape(probe.shape[:2])
     bounds = 1.5 * values.max(axis=1)
     if not bounds.sum() > 0:
@@ -355,13 +361,7 @@ def _sample_python_causal(rng, f, d: int, n: int, mesh=None) -> np.ndarray:
 
         scale, areas = np.ones(1), np.array([sphere_measure(d)])
     else:
-        pts, _ = mesh.cell_quadrature(6)
-        probe = pts
-        if getattr(mesh, "manifold", "") == "circle":
-            ends = [mesh.edge_points[mesh.cell_edges[:, k]] for k in (0, 1)]
-            probe = np.concatenate([pts, *ends], axis=1)
-        elif hasattr(mesh, "triangles"):
-            probe = np.concatenate([pts, mesh.vertices[mesh.triangles]], axis=1)
+        probe = _probe_points(mesh)
         scale, draw_in_cell = _cell_sampler(mesh)
         areas = mesh.areas
     flat = probe.reshape(-1, d)
