@@ -68,7 +68,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ClusterEvent", "ClusterTracker", "TRACK_COLUMNS", "EVENT_COLUMNS", "point_cluster_energy",
-           "plateau_energy", "merger_jump", "staircase", "geodesic_distance", "read_events"]
+           "plateau_energy", "merger_jump", "staircase", "geodesic_distance", "read_events", "basin_masses"]
 
 #: The first columns of ``clusters.csv``; then ``center_0 .. center_{d-1}``, and for d = 2
 #: ``angle`` (atan2(y, x), radians), for d = 3 ``longitude`` and ``latitude`` (degrees)
@@ -87,6 +87,32 @@ def geodesic_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=float)[:, None, :]
     y = np.asarray(y, dtype=float)[None, :, :]
     return 2.0 * np.arctan2(np.linalg.norm(x - y, axis=-1), np.linalg.norm(x + y, axis=-1))
+
+
+def basin_masses(points, weights, centers) -> np.ndarray:
+    """The masses of the basins of ``centers (k, d)``: every point of ``points (n, d)``
+    (cell centres or tokens, unit vectors) gives its weight ``weights (n,)`` to the centre
+    nearest to it (largest ``<x, c>``; ties to the first). ``(k,)``, summing to
+    ``weights.sum()``.
+
+    :func:`meanfield.diagnostics.find_clusters` counts only the cells above its contrast
+    level, so a resolved cluster (noise, a wide start) loses its tails: for a Gaussian of
+    width sigma at 512 cells and contrast 2 about 2% of its mass. The plateaus of
+    :func:`staircase` are quadratic in the masses; with the basin masses every token or
+    cell counts."""
+    x = np.asarray(points, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    c = np.asarray(centers, dtype=float)
+    if x.ndim != 2 or w.shape != (x.shape[0],):
+        raise ValueError(f"points must have shape (n, d) and weights (n,), got {x.shape} and {w.shape}")
+    if c.ndim != 2 or c.shape[1] != x.shape[1]:
+        raise ValueError(f"centers must have shape (k, {x.shape[1]}), got {c.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(w)) and np.all(np.isfinite(c))):
+        raise ValueError("points, weights and centers must be finite")
+    if c.shape[0] == 0:
+        return np.zeros(0)
+    nearest = np.argmax(x @ c.T, axis=1)
+    return np.bincount(nearest, weights=w, minlength=c.shape[0])
 
 
 @dataclass(frozen=True)
