@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import meanfield as mf
-from meanfield.clusters import ClusterTracker, staircase
+from meanfield.clusters import ClusterTracker, basin_masses, staircase
 from meanfield.diagnostics import ClusterCriterion, find_particle_clusters
 from meanfield.particles.system import ParticleState, ParticleSystem
 
@@ -78,14 +78,18 @@ def run_particles(beta: float, n: int, eps: float, seed: int, t_end: float):
     return np.array(times), np.array(energies), tracker, state.steps
 
 
-def run_pde(beta: float, cells: int, eps: float, seed: int, t_end: float):
+def run_pde(beta: float, cells: int, eps: float, seed: int, t_end: float, noise: float = 0.0,
+            stepper: str = "implicit"):
     model = mf.AttentionModel(d=2, beta=beta, normalized=False, shift=True)
     mesh = mf.CircleMesh(cells)
-    # the long-time stepper (docs/long_times.md): steps set by the error, not by the empty cells
-    # around collapsed clusters; the clusters move while the grid resolves their pull (m h)
-    from meanfield.pde.implicit import ImplicitSimulation
+    if stepper == "implicit":
+        # the long-time stepper (docs/long_times.md): steps set by the error, not by the empty
+        # cells around collapsed clusters
+        from meanfield.pde.implicit import ImplicitSimulation
 
-    sim = ImplicitSimulation(mesh, model)
+        sim = ImplicitSimulation(mesh, model, noise=noise)
+    else:
+        sim = mf.Simulation(mesh, model, scheme="muscl", noise=noise)
     rng = np.random.default_rng(seed)
     amps, phases = eps * rng.standard_normal(6), rng.uniform(0, 2 * np.pi, 6)
 
@@ -96,15 +100,20 @@ def run_pde(beta: float, cells: int, eps: float, seed: int, t_end: float):
     rho = mesh.cell_averages(density)
     state = mf.State(t=0.0, rho=rho / (rho @ mesh.areas))
     criterion = ClusterCriterion()
-    tracker = ClusterTracker()
+    # the last mergers close gaps near pi within one output interval: parents up to 0.8 pi away
+    tracker = ClusterTracker(radius=0.8 * math.pi)
     times, energies = [], []
     for t in output_times(t_end, per_decade=30):
         if t > 0:
             sim.advance(state, float(t))
-        tracker.update(t, *mf.find_clusters(mesh, state.rho, criterion))
+        masses, centers = mf.find_clusters(mesh, state.rho, criterion)
+        formed = masses.sum() >= 0.95
+        if formed:  # every cell's mass to its nearest cluster: the resolved clusters' tails count
+            masses = basin_masses(mesh.centers, state.rho * mesh.areas, centers)
+        tracker.update(t, masses, centers)
         times.append(t)
         energies.append(mf.energy(model, mesh.centers, state.rho * mesh.areas, method="direct"))
-        if _last_masses(tracker) and max(_last_masses(tracker)) > 0.999:
+        if formed and masses.size == 1:
             break  # one cluster holds all the mass: the staircase is complete
     return np.array(times), np.array(energies), tracker, state.steps
 
