@@ -10,6 +10,11 @@ clusters (:func:`meanfield.find_clusters`: masses and centre angles) and, for th
 stepper, the last step over the forward-Euler CFL bound of its velocity. The explicit run is
 the case as written (SSPRK3, MUSCL, ``cfl = 0.4``, ``rate_cfl = 0.1``); it takes minutes to
 ``t = 20`` (``--skip-explicit`` leaves it out). The first line names the machine.
+
+``--last-merger``: instead, the PDE of ``cases/metastable_merging.py`` (shifted USA, beta 5,
+512 cells, noise 0.03, its perturbed uniform start, outputs 30 per decade) until one
+cluster is left, with the implicit upwind stepper and with SSPRK3 + MUSCL (``cfl 0.4``, about
+25 minutes; ``--skip-explicit`` leaves it out): steps, wall seconds and the merger times.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from meanfield.run import build_mesh, build_model, build_simulation
 
 from _machine import cpu_name, usable_cores
 
-CASE = Path(__file__).resolve().parents[1] / "cases" / "circle_usa_energy.toml"
+ROOT = Path(__file__).resolve().parents[1]
+CASE = ROOT / "cases" / "circle_usa_energy.toml"
 
 
 def clusters(mesh, rho) -> str:
@@ -48,7 +54,11 @@ def main() -> None:
     ap.add_argument("--rtol", type=float, default=1e-3)
     ap.add_argument("--atol", type=float, default=1e-6)
     ap.add_argument("--skip-explicit", action="store_true")
+    ap.add_argument("--last-merger", action="store_true",
+                    help="the metastable case's PDE to its last merger (see the module docstring)")
     args = ap.parse_args()
+    if args.last_merger:
+        return last_merger(args.skip_explicit)
     print(f"# {cpu_name()}, {usable_cores()} usable cores; t_end = {args.t_end:g}")
     print(f"{'beta':>5} {'stepper':>9} {'steps':>8} {'rejected':>8} {'wall s':>8} {'dt/cfl':>9}  final clusters (mass@angle)")
     for beta in args.betas:
@@ -65,6 +75,24 @@ def main() -> None:
             wall, steps = run(sim, state, args.t_end)
             print(f"{beta:5g} {'ssprk3':>9} {steps:8d} {sim.rejected:8d} {wall:8.2f} {'':>9}  "
                   f"{clusters(mesh, state.rho)}", flush=True)
+
+
+def last_merger(skip_explicit: bool) -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "cases"))
+    import metastable_merging as case
+
+    print(f"# {cpu_name()}, {usable_cores()} usable cores; cases/metastable_merging.py's PDE "
+          f"(beta 5, 512 cells, noise 0.03) to its last merger")
+    print(f"{'stepper':>16} {'steps':>8} {'wall s':>8}  mergers (t_prev .. t: masses)")
+    for stepper in ["implicit"] + ([] if skip_explicit else ["muscl"]):
+        start = time.perf_counter()
+        times, _, tracker, steps = case.run_pde(5.0, 512, 0.05, 2, 1e5, noise=0.03, stepper=stepper)
+        wall = time.perf_counter() - start
+        events = "; ".join(f"{ev.t_prev:.4g}..{ev.t:.4g}: {ev.mass_a:.3f}+{ev.mass_b:.3f}" for ev in tracker.merges)
+        label = "implicit upwind" if stepper == "implicit" else "ssprk3 muscl"
+        print(f"{label:>16} {steps:8d} {wall:8.1f}  {events}", flush=True)
 
 
 if __name__ == "__main__":

@@ -289,3 +289,19 @@ def test_bad_input_raises():
         tr.plot_tracks(None, "torus")
     with pytest.raises(ValueError, match="does not fit"):
         tr.plot_tracks(None, "sphere")
+
+
+def test_basin_masses_give_every_point_to_its_nearest_centre():
+    from meanfield.clusters import basin_masses
+
+    theta = np.array([0.0, 0.1, -0.1, 3.0, 3.1, 1.5, 1.7])
+    w = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    centers = circle([0.0, 3.05])
+    # 1.5 rad is nearer to 0 than to 3.05, 1.7 nearer to 3.05
+    assert basin_masses(circle(theta), w, centers).tolist() == [12.0, 16.0]
+    assert basin_masses(circle(theta), w, centers).sum() == w.sum()
+    assert basin_masses(circle(theta), w, np.zeros((0, 2))).shape == (0,)
+    with pytest.raises(ValueError, match="centers must have shape"):
+        basin_masses(circle(theta), w, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="weights"):
+        basin_masses(circle(theta), w[:-1], centers)
