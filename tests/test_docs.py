@@ -29,6 +29,13 @@ def test_every_case_file_named_in_the_readme_and_docs_resolves():
             load_case(path)
 
 
+def test_every_case_is_in_the_readme_table():
+    text = (REPO / "README.md").read_text()
+    missing = [p.name for p in sorted((REPO / "cases").iterdir())
+               if p.suffix in (".toml", ".py") and f"| `cases/{p.name}` |" not in text]
+    assert not missing, f"cases/ files not in the README's case table: {missing}"
+
+
 def _readme_commands():
     """The meanfield commands of the README's code blocks (after a `pip install ... &&`)."""
     import shlex
