@@ -222,9 +222,9 @@ def _mesh_size(case: dict, cells: int | None) -> tuple[int, int, int, str]:
 
 def _snapshots(case: dict) -> int:
     """Number of output times (as :func:`meanfield.run.output_times`)."""
-    t_end, every = case["solver"]["t_end"], case["output"]["every"]
-    n = int(math.floor(t_end / every * (1 + 1e-12)))
-    return n + 1 + (1 if t_end - n * every > 1e-12 * t_end else 0)
+    from .io.case import case_output_times
+
+    return len(case_output_times(case))
 
 
 def _quadrature_points(manifold: str, degree: int) -> int:
@@ -606,7 +606,10 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
     per_rank, total = _machine_total(phases, ranks)
     if snaps > _MANY_SNAPSHOTS and total > 2.0 * _machine_total(phases_for(n_cells, n_particles, 2), ranks)[1]:
         # many snapshots, all kept (the densities for the pictures and compare): the problem
-        key, value = "output.every", case["output"]["every"]
+        if case["output"].get("per_decade") is None:
+            key, value = "output.every", case["output"]["every"]
+        else:
+            key, value = "output.per_decade", case["output"]["per_decade"]
 
     def fits(limit: float):
         """The largest value of ``key`` whose estimate stays within ``limit`` bytes (for
@@ -621,6 +624,10 @@ def estimate(case: dict, kind: str = "run", n: int | None = None, ranks: int = 1
         if key == "output.every":  # the smallest interval: from the most snapshots that fit
             most = _largest(lambda k: _machine_total(phases_for(n_cells, n_particles, k), ranks)[1], limit, 2)
             return None if most is None else case["solver"]["t_end"] / (most - 1)
+        if key == "output.per_decade":  # the most per decade: from the most snapshots that fit
+            most = _largest(lambda k: _machine_total(phases_for(n_cells, n_particles, k), ranks)[1], limit, 3)
+            decades = math.log10(case["solver"]["t_end"] / case["output"]["first"])
+            return None if most is None else max(int((most - 2) / max(decades, 1e-12)), 0) or None
         return _largest(lambda nn: _machine_total(phases_for(n_cells, nn), ranks)[1], limit, 1)
 
     return Estimate(kind=kind, manifold=case["domain"]["manifold"], cells=n_cells, edges=n_edges, edge_points=n_points,
@@ -813,10 +820,11 @@ def check(est: Estimate, limit_bytes: float | None = None, source="<case>", avai
             change = "a coarser mesh (no icosahedral level fits)"
         else:
             change = f"a coarser mesh (\"icosahedral:{fit}\" fits; each level down needs about 4 times less)"
-    elif key == "output.every":
+    elif key in ("output.every", "output.per_decade"):
         what = f"{est.particles:,} particles" if est.kind == "particles" else f"{est.cells:,} cells"
         size = f"{est.value:g} ({est.snapshots:,} snapshots of {what}, every one kept for the pictures) needs"
-        change = "fewer snapshots" + (f" (output.every >= {fit:.3g})" if fit else "")
+        bound = f"output.every >= {fit:.3g}" if key == "output.every" else f"output.per_decade <= {fit}"
+        change = "fewer snapshots" + (f" ({bound})" if fit else "")
     else:
         if key == "particles.n":
             size = f"{est.particles:,} particles need"

@@ -18,7 +18,7 @@ import numpy as np
 from . import diagnostics as diag
 from .dynamics.model import Head, RandomHeads, Terms, VelocityModel, describe_model
 from .fields.attention import USA_LOGIT_LIMIT, AttentionModel, FieldOverflowError
-from .io.case import CaseError, dump_case
+from .io.case import CaseError, case_output_times, dump_case, output_times
 from .initial import InitialDataError, density_function, project
 from .geometry.mesh import CircleMesh, Mesh
 from .io.output import RunWriter
@@ -302,17 +302,6 @@ def _causal_simulation(case: dict, mesh, model, source, dist) -> tuple[Simulatio
     return sim, State(0.0, causal_initial(mesh, case["initial"], P, source))
 
 
-def output_times(t_end: float, every: float) -> list[float]:
-    """0, every, 2 every, ... (computed by multiplication, no drift) and t_end."""
-    n = int(math.floor(t_end / every * (1 + 1e-12)))
-    times = [k * every for k in range(n + 1)]
-    if t_end - times[-1] > 1e-12 * t_end:
-        times.append(t_end)
-    else:
-        times[-1] = t_end
-    return times
-
-
 #: Cell data of the ParaView files.
 VTK_FIELDS = ("density", "masses", "areas", "velocity")
 
@@ -352,7 +341,16 @@ class PdeRun:
         bound = min(bounds, key=bounds.get)
         return float(bounds[bound]), bound
 
+    @property
+    def predicts_steps(self) -> bool:
+        """Whether the current step predicts the steps to t_end (not for the implicit
+        stepper, whose error control shrinks the step in a merger and grows it after)."""
+        return not hasattr(self.sim, "dt_next")
+
     def stall_hint(self) -> str:
+        if hasattr(self.sim, "dt_next"):
+            return ("the implicit stepper's error control sets the step: a larger solver.step_rtol or "
+                    "solver.max_steps allows the run more steps")
         if not hasattr(self.sim, "fv"):
             return "the pseudo-spectral scheme's step is bound by its grid: try solver.scheme = \"muscl\""
         return ("once clusters collapse, the transport CFL bound of the cells around them sets the step: a coarser "
@@ -524,7 +522,8 @@ def _open_restart(run, case: dict, where: Path, times: list[float], source, vtk:
     if times[k] != t_k:
         raise CaseError(source, "solver.t_end", f"{times[-1]!r} moves the output times of the run in {where}: "
                         f"snapshot {k} is at t = {t_k!r} there, at {times[k]!r} with this t_end (a run can be "
-                        "extended only from an output time that is a multiple of output.every)")
+                        "extended only from one of its output times: a multiple of output.every, or a geometric time of "
+                        "output.per_decade)")
     try:
         run.check_restore(saved.arrays)
     except ValueError as exc:
@@ -632,7 +631,7 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     0..k. The state (bitwise that of snapshot k) is broadcast to every rank; the loop then
     goes on with the output times k+1, ... of an uninterrupted run.
     """
-    times = output_times(case["solver"]["t_end"], case["output"]["every"])
+    times = case_output_times(case)
     restart_from = None  # the directory of the run that is continued
     paths = restart_paths(out_dir, restart)
     if paths is not None:
@@ -718,10 +717,10 @@ class _Outputs:
         if saved is not None and "cluster_masses" in saved.arrays:
             # the table of snapshots 0..k, rebuilt (the ids are a function of the snapshots): a
             # continued run extends it without duplicates
-            self.tracker = ClusterTracker.from_run(writer.dir)
+            self.tracker = ClusterTracker.from_run(writer.dir, radius=case["diagnostics"]["track_radius"])
             self.tracker.write_csv(writer.dir / "clusters.csv")
         elif saved is None:
-            self.tracker = ClusterTracker()
+            self.tracker = ClusterTracker(radius=case["diagnostics"]["track_radius"])
         if vtk_on:
             from .io.vtk_output import VtkSeries
 
@@ -858,13 +857,15 @@ def _time_loop(run, case, times, first: int, rows: list, sink: _Outputs, bar) ->
     checks after every step and snapshot; returns the last snapshot's arrays and the seconds
     the loop took. A failure
     saves ``last_good.npz`` and raises :class:`RunFailure`; Ctrl-C raises :class:`RunInterrupted`."""
-    budget = StepBudget(times[-1], case["solver"]["max_steps"], hint=getattr(run, "stall_hint", lambda: "")())
+    budget = StepBudget(times[-1], case["solver"]["max_steps"], hint=getattr(run, "stall_hint", lambda: "")(),
+                        predict=getattr(run, "predicts_steps", True))
     watch = FloatingPointWatch()
+    landings = set(times)
 
     def on_step(st, dt):
         watch.check(st.t)
         run.check_health()
-        budget.update(st, dt)
+        budget.update(st, dt, landed=st.t in landings)
         if bar is not None:
             bar.n = st.t
             bar.set_postfix_str(f"step {st.steps}, dt={dt:.2e}", refresh=False)
@@ -969,7 +970,7 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
         else:
             plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"], switches=switches,
                                   label=f"{Path(str(source)).stem}, {describe_model(sim.model)}", model=sim.model)
-        plots.plot_cluster_tracks(out_dir, sim.mesh.manifold)
+        plots.plot_cluster_tracks(out_dir, sim.mesh.manifold, radius=case["diagnostics"]["track_radius"])
     if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
         from .io.movie import write_movie
 

@@ -473,7 +473,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
                          "exceeds this stops: refused before it starts (exit 2) or ended with a reason (exit 1)."),
     },
     "output": {
-        "every": Key(real(0.0, lo_open=True), None, "time between snapshots (default t_end / 20)."),
+        "every": Key(real(0.0, lo_open=True), None, "time between snapshots (default t_end / 20; not with "
+                     "`output.per_decade`)."),
+        "per_decade": Key(integer(1, 1000), None, "snapshots spaced geometrically instead, this many per factor 10 "
+                          "in t: at 0, `output.first` 10^(k / per_decade) (k = 0, 1, ...) and t_end, for long "
+                          "metastable runs (docs/long_times.md). Not with `output.every`."),
+        "first": Key(real(0.0, lo_open=True), None, "`output.per_decade`: the first positive output time (default "
+                     "min(0.01, t_end / 10); below t_end)."),
         "plots": Key(boolean, True, "write PNG pictures at the end of the run."),
         "movie": Key(boolean, False, "write `movie.gif` at the end of the run: one frame per snapshot (the density "
                      "profile, the causal (s, theta) map, the sphere's equal-area map, or the tokens; "
@@ -504,6 +510,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              "goes to the column `w1_target` and the end of the run prints it (the measure-to-measure "
                              "cases)."),
         "target_weights": Key(reals(0.0), [], "weights w_j of `target_points` (default equal; normalized to 1)."),
+        "track_radius": Key(real(0.0, math.pi, lo_open=True), 0.5 * math.pi, "`clusters.csv`: the largest angle "
+                            "(radians) a cluster moves between two snapshots, and between a merger's parents and the "
+                            "merged cluster (equal masses at gap Delta: Delta / 2); a wider merger is a vanish "
+                            "(meanfield/clusters.py). Raise it when snapshots are far apart in a late merger."),
         "cluster_distance": Key(real(0.0, math.pi, lo_open=True), math.acos(0.999), "particles: a cluster is a group "
                                 "of tokens of angular diameter at most this (radians; default arccos(0.999) = 0.0447, "
                                 "the authors' threshold <x_i, x_j> >= 0.999), see docs/particles.md."),
@@ -632,12 +642,7 @@ def _resolve(raw: dict, source, base_dir) -> dict:
                 case[section][key] = spec.check(value, mode_d if spec.check is modes else d)
             except ValueError as exc:
                 raise CaseError(source, f"{section}.{key}", str(exc)) from None
-    if case["output"]["every"] is None:
-        case["output"]["every"] = case["solver"]["t_end"] / 20.0
-    n_snapshots = case["solver"]["t_end"] / case["output"]["every"]
-    if n_snapshots > MAX_SNAPSHOTS:
-        raise CaseError(source, "output.every", f"gives about {n_snapshots:.3g} snapshots up to solver.t_end = "
-                        f"{case['solver']['t_end']:g} (at most {MAX_SNAPSHOTS}); take a larger value")
+    _check_output(case["output"], case["solver"]["t_end"], source)
     _check_model(case, raw.get("model", {}), source)
     _check_target(case["diagnostics"], source)
     _check_initial(case["initial"], d, source, Path(base_dir))
@@ -808,6 +813,55 @@ def _load_function(ref: str, base_dir: Path, source):
 #: Keys of ``[domain]`` that only one kind of manifold reads (the others leave them out of a
 #: resolved case.toml).
 MANIFOLD_KEYS = {"cells": ("circle", "zonal"), "mesh": ("sphere",), "edge_points": ("sphere",)}
+
+
+def _check_output(out: dict, t_end: float, source) -> None:
+    """The output times: uniform (``every``, default t_end / 20) or geometric (``per_decade``,
+    ``first``); at most :data:`MAX_SNAPSHOTS`."""
+    if out["per_decade"] is None:
+        if out["first"] is not None:
+            raise CaseError(source, "output.first", "is the first time of geometric snapshots: set "
+                            "output.per_decade too (or leave output.first out)")
+        if out["every"] is None:
+            out["every"] = t_end / 20.0
+        n_snapshots = t_end / out["every"]
+        if n_snapshots > MAX_SNAPSHOTS:
+            raise CaseError(source, "output.every", f"gives about {n_snapshots:.3g} snapshots up to solver.t_end = "
+                            f"{t_end:g} (at most {MAX_SNAPSHOTS}); take a larger value")
+        return
+    if out["every"] is not None:
+        raise CaseError(source, "output.every", "and output.per_decade exclude each other (uniform or geometric "
+                        "snapshots): leave one out")
+    if out["first"] is None:
+        out["first"] = min(0.01, t_end / 10.0)
+    if not out["first"] < t_end:
+        raise CaseError(source, "output.first", f"must be below solver.t_end = {t_end:g}, got {out['first']:g}")
+
+
+def output_times(t_end: float, every: float | None = None, per_decade: int | None = None,
+                 first: float | None = None) -> list[float]:
+    """The output times of a run: uniform ``0, every, 2 every, ...`` (computed by
+    multiplication, no drift) or, with ``per_decade``, geometric ``0, first 10^(k /
+    per_decade), ...``; then ``t_end`` (a time within 1e-12 t_end of it is replaced)."""
+    if per_decade is None:
+        n = int(math.floor(t_end / every * (1 + 1e-12)))
+        times = [k * every for k in range(n + 1)]
+    else:
+        n = int(math.floor(per_decade * math.log10(t_end / first) * (1 + 1e-12)))
+        # rounded to 12 digits: first = 0.1 gives 10.0, not 10.000000000000002, so that a run
+        # whose t_end is a decade ends on the grid of a longer run (and is continued bitwise)
+        times = [0.0] + [float(f"{first * 10.0 ** (k / per_decade):.12g}") for k in range(n + 1)]
+    if t_end - times[-1] > 1e-12 * t_end:
+        times.append(t_end)
+    else:
+        times[-1] = t_end
+    return times
+
+
+def case_output_times(case: dict) -> list[float]:
+    """:func:`output_times` of a resolved case."""
+    out = case["output"]
+    return output_times(case["solver"]["t_end"], out["every"], out.get("per_decade"), out.get("first"))
 
 
 def applies(case: dict, section: str, key: str) -> bool:

@@ -43,6 +43,26 @@ def _save(plt, fig, path, tight: bool = True) -> Path:
     plt.close(fig)
     return path
 
+def geometric_times(t) -> bool:
+    """Whether the output times ``t`` are spaced geometrically (``output.per_decade``): their
+    intervals grow by more than 100 times from the first to the last."""
+    t = np.asarray(t, dtype=float)
+    positive = t[t > 0]
+    if positive.size < 4:
+        return False
+    steps = np.diff(positive)
+    return bool(steps[-1] > 100 * max(steps[0], 1e-300))
+
+
+def _time_axis(ax, t) -> None:
+    """A symmetric-log time axis (linear below the first positive output, logarithmic above)
+    for geometric output times, so that the long plateaus and the fast formation both show."""
+    t = np.asarray(t, dtype=float)
+    if geometric_times(t):
+        ax.set_xscale("symlog", linthresh=float(t[t > 0].min()), linscale=0.5)
+        ax.set_xlabel("t (logarithmic above the first output)")
+
+
 def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     """Space-time picture of circle densities ``[(t, rho), ...]``."""
     plt = _pyplot()
@@ -73,6 +93,7 @@ def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     img = ax.pcolormesh(edges_t, edges_theta, np.maximum(pooled.T, norm.vmin), shading="flat", cmap="magma", norm=norm)
     fig.colorbar(img, ax=ax, label="mass per unit φ (log scale)" if zonal else "density (log scale)")
     ax.set_xlabel("t")
+    _time_axis(ax, t)
     if zonal:
         ax.set_ylabel("polar angle φ (x_1 = cos φ)")
         ax.set_yticks([0, np.pi / 4, np.pi / 2, 3 * np.pi / 4, np.pi], ["0", "π/4", "π/2", "3π/4", "π"])
@@ -142,6 +163,8 @@ def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = Fa
     ax.semilogy(t, np.maximum(np.abs(get("mass") - 1.0), 1e-17), "o-", ms=3)
     ax.set_ylabel("|mass − 1| (drawn ≥ 1e-17)")
     ax.set_xlabel("t")
+    for a in axes[1]:
+        _time_axis(a, t)  # (shared x: every panel)
     if title:
         fig.suptitle(title)
     return _save(plt, fig, path)
@@ -447,7 +470,7 @@ def plot_batch(path, rows, x_final) -> Path:
     return _save(plt, fig, path)
 
 
-def plot_cluster_tracks(out_dir, manifold: str) -> Path | None:
+def plot_cluster_tracks(out_dir, manifold: str, radius: float = 0.5 * np.pi) -> Path | None:
     """``clusters.png``: the clusters of the run in ``out_dir`` matched across its snapshots
     (:class:`~meanfield.clusters.ClusterTracker`), circle: angle against t, sphere: a map, with
     the mergers starred; ``None`` for other manifolds or a run without clusters."""
@@ -455,10 +478,10 @@ def plot_cluster_tracks(out_dir, manifold: str) -> Path | None:
         return None
     from ..clusters import ClusterTracker
 
-    tracker = ClusterTracker.from_run(out_dir)
+    tracker = ClusterTracker.from_run(out_dir, radius=radius)
     if not tracker.tracks:
         return None
-    return tracker.plot_tracks(Path(out_dir) / "clusters.png", manifold)
+    return tracker.plot_tracks(Path(out_dir) / "clusters.png", manifold, log_time=geometric_times(tracker.times))
 
 
 def plot_compare(path, rows) -> Path:

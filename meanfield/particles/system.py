@@ -626,7 +626,7 @@ class ParticleSystem(Stepper):
         if self._budget is None:
             self._budget = StepBudget(target, self.max_steps, hint=_FIX)
         self._budget.t_end = max(self._budget.t_end, target)
-        self._budget.update(state, dt)
+        self._budget.update(state, dt, landed=state.t == t_limit)
 
     def step(self, state: ParticleState, t_limit: float = math.inf) -> float:
         """Advance ``state`` in place by one step not passing ``t_limit``; returns the step."""
