@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _helpers import MEANFIELD, launch
-from meanfield.io.case import CaseError, load_case, output_times, resolve_case
+from meanfield.io.case import CaseError, output_times, resolve_case
 from meanfield.pde.health import StalledRunError, StepBudget
 
 CASE = """
