@@ -130,6 +130,7 @@ class CausalPdeRun:
     :func:`meanfield.run.drive` (the module docstring lists what it writes)."""
 
     RESTART_KEYS = ("t", "density")
+    UNREAD_SECTIONS = ("particles", "compare")  # (see meanfield.run.PdeRun)
 
     def __init__(self, sim, state, criterion: diag.ClusterCriterion, target=None):
         self.sim, self.state, self.criterion = sim, state, criterion

@@ -321,6 +321,9 @@ def _snapshot_arrays(sim: Simulation, state: State) -> dict:
 class PdeRun:
     """Adapter of a :class:`Simulation` to :func:`drive` (the finite-volume run)."""
 
+    #: the case sections a PDE run does not read (its case.toml keeps only what they set)
+    UNREAD_SECTIONS = ("particles", "compare")
+
     def __init__(self, sim: Simulation, state: State, criterion: diag.ClusterCriterion, target=None):
         self.sim, self.state, self.criterion = sim, state, criterion
         self.target = target
@@ -709,7 +712,7 @@ class _Outputs:
         writer.prepare(fresh=not restart or copying)  # into another directory: as a fresh run
         if saved is not None and not copying:
             writer.resume(saved)  # the products after snapshot k go
-        writer.write_case(dump_case(case))
+        writer.write_case(dump_case(case, unread=getattr(run, "UNREAD_SECTIONS", ())))
         if copying:
             writer.copy_snapshots(saved)  # snapshots 0..k and the rows 0..k, read from restart_from
         from .clusters import ClusterTracker

@@ -98,8 +98,12 @@ def even_dir(tmp_path_factory, case_file) -> Path:
 
 def test_case_toml_is_fully_resolved(run_dir):
     case = tomllib.loads((run_dir / "case.toml").read_text())
-    assert set(case) == set(SCHEMA)
+    # a PDE run reads neither [particles] nor [compare]: they are written only where the case
+    # sets them (test_unread_sections_keep_what_the_case_sets)
+    assert set(case) == set(SCHEMA) - {"particles", "compare"}
     for section, keys in SCHEMA.items():
+        if section not in case:
+            continue
         # every key, but those whose default is "not set" (model.heads, model.perceptron,
         # model.random_heads: absent means the model has none)
         # (the keys another manifold reads are left out: domain.mesh, domain.edge_points on the circle)
@@ -334,3 +338,14 @@ def test_atomic_write_permissions_follow_umask(tmp_path):
     output.atomic_write(target, "x")
     # not the 0600 of a temporary file: what open() would have created
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_unread_sections_keep_what_the_case_sets(tmp_path, case_file):
+    """``meanfield run`` with ``particles.n = 77``: its case.toml keeps [particles] n = 77
+    only, and ``meanfield particles DIR/case.toml`` runs 77 tokens."""
+    out = tmp_path / "pde"
+    run_cli(out, "domain.cells=32", "solver.t_end=0.1", "output.plots=false", "particles.n=77", case=case_file)
+    case = tomllib.loads((out / "case.toml").read_text())
+    assert case["particles"] == {"n": 77} and "compare" not in case
+    assert main(["particles", str(out / "case.toml"), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    assert tomllib.loads((tmp_path / "p" / "case.toml").read_text())["particles"]["n"] == 77

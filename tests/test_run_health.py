@@ -204,7 +204,7 @@ def test_mpi_exception_on_one_rank_in_setup_ends_job(tmp_path):
                     '[solver]\nt_end = 0.5\n[output]\nplots = false\n')
     start = time.perf_counter()
     proc = launch(2, "run", case, "--out", tmp_path / "o", timeout=60)
-    assert time.perf_counter() - start < 10
+    assert time.perf_counter() - start < 30  # the abort, not a hang into the 60 s timeout (about 3 s; more on a loaded machine)
     assert proc.returncode == 2
     one_line(proc.stderr, "initial.function", "only rank 1 fails", "rank 1")
 
@@ -240,7 +240,7 @@ def test_mpi_exception_on_one_rank_during_run_aborts_job(tmp_path):
     proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), "run", str(CLUSTERS), "--set",
                            "domain.cells=64", "--set", "output.plots=false", "--out", str(tmp_path / "o"), "--quiet"],
                           capture_output=True, text=True, timeout=60, env=env)
-    assert time.perf_counter() - start < 10
+    assert time.perf_counter() - start < 30  # (as above)
     assert proc.returncode != 0
     assert proc.stderr.count("diagnostics failed on rank 1 only") == 1, proc.stderr
     assert "run failed on rank 1: ZeroDivisionError" in proc.stderr

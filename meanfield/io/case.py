@@ -872,13 +872,21 @@ def applies(case: dict, section: str, key: str) -> bool:
     return True
 
 
-def dump_case(case: dict) -> dict:
+def dump_case(case: dict, unread: tuple = ()) -> dict:
     """The resolved case as plain TOML-serializable data (private keys dropped, and the keys
-    another manifold reads, :func:`applies`)."""
+    another manifold reads, :func:`applies`). ``unread``: sections the run does not read
+    (``particles`` and ``compare`` for ``meanfield run``), whose keys are kept only where
+    the case sets them away from their defaults (so that ``meanfield particles DIR/case.toml``
+    still runs the case as given); a section left empty is omitted."""
     out = {}
     for section, table in case.items():
-        out[section] = {k: v for k, v in table.items() if k in SCHEMA[section] and v is not None
-                        and applies(case, section, k)}
+        keep = {k: v for k, v in table.items() if k in SCHEMA[section] and v is not None
+                and applies(case, section, k)}
+        if section in unread:
+            keep = {k: v for k, v in keep.items() if v != SCHEMA[section][k].default}
+            if not keep:
+                continue
+        out[section] = keep
     return out
 
 

@@ -91,6 +91,7 @@ class BatchRun:
     """Adapter of a :class:`~meanfield.particles.batch.BatchSystem` to :func:`meanfield.run.drive`."""
 
     RESTART_KEYS = ("t", "points", "masses")
+    UNREAD_SECTIONS = ("compare",)  # (see meanfield.run.PdeRun)
     mesh = None  # no cells: no VTK, no density histogram
 
     def __init__(self, system, state, threshold: float = 0.999, dist=None, prompts: int | None = None):

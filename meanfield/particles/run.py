@@ -106,6 +106,8 @@ class ParticleRun:
     (:func:`meanfield.diagnostics.find_particle_clusters` with ``criterion``).
     """
 
+    UNREAD_SECTIONS = ("compare",)  # (see meanfield.run.PdeRun)
+
     def __init__(self, mesh, system: ParticleSystem, state: ParticleState, criterion: diag.ClusterCriterion):
         self.mesh, self.system, self.state, self.criterion = mesh, system, state, criterion
         self.target = None  # diag.Target: the w1_target column
