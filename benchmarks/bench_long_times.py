@@ -13,8 +13,9 @@ the case as written (SSPRK3, MUSCL, ``cfl = 0.4``, ``rate_cfl = 0.1``); it takes
 
 ``--last-merger``: instead, the PDE of ``cases/metastable_merging.py`` (shifted USA, beta 5,
 512 cells, noise 0.03, its perturbed uniform start, outputs 30 per decade) until one
-cluster is left, with the implicit upwind stepper and with SSPRK3 + MUSCL (``cfl 0.4``, about
-25 minutes; ``--skip-explicit`` leaves it out): steps, wall seconds and the merger times.
+cluster is left, with the implicit upwind stepper and with SSPRK3 + MUSCL (``cfl 0.4``,
+measured 24 minutes; ``--skip-explicit`` leaves it out): steps, wall seconds and the merger
+times.
 """
 
 from __future__ import annotations

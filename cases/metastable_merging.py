@@ -32,7 +32,11 @@ Measured (default beta = 5; AMD EPYC, 2 shared cores): the particles merge 10 ti
 last at t ~ 5.2e4, plateaus as predicted to 1e-6; the PDE (its own perturbed start) forms 4
 clusters and merges 3 times (t ~ 120, 1.0e3, 9.6e3) to one cluster in 8,662 steps and 17 s,
 its plateaus 0.8%, 0.5%, 0.3% below the point clusters' of its basin masses (the clusters'
-width lowers the energy by about beta sigma^2 = 0.45%).
+width lowers the energy by about beta sigma^2 = 0.45%). The later merger times are not
+converged at 512 cells: the second merger is a near tie between two pairs, and the last
+wait is exponential in the gap the earlier mergers leave; SSPRK3 + MUSCL (24 minutes) merges
+the other pair second and the last at t ~ 4.5e3, the upwind stepper on 4096 cells (142 s)
+the MUSCL pairs, the last at t ~ 2.8e3 (docs/long_times.md, `--cells`).
 
 Writes runs/metastable_merging/: staircase.png (energy vs rescaled time with the
 predicted plateaus; the cluster tracks), clusters.csv and clusters_events.csv
