@@ -53,6 +53,7 @@ def test_geometric_times():
     ({"per_decade": 0}, "output.per_decade"),
     ({"per_decade": 2.5}, "output.per_decade"),
     ({"per_decade": 10, "first": -1.0}, "output.first"),
+    ({"per_decade": 1000, "first": 1e-300}, "output.per_decade"),  # 3e5 snapshots
 ])
 def test_bad_output_keys_name_the_key(output, key):
     with pytest.raises(CaseError) as err:

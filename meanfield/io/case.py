@@ -836,6 +836,11 @@ def _check_output(out: dict, t_end: float, source) -> None:
         out["first"] = min(0.01, t_end / 10.0)
     if not out["first"] < t_end:
         raise CaseError(source, "output.first", f"must be below solver.t_end = {t_end:g}, got {out['first']:g}")
+    n_snapshots = out["per_decade"] * math.log10(t_end / out["first"])
+    if n_snapshots > MAX_SNAPSHOTS:
+        raise CaseError(source, "output.per_decade", f"gives about {n_snapshots:.3g} snapshots from output.first = "
+                        f"{out['first']:g} to solver.t_end = {t_end:g} (at most {MAX_SNAPSHOTS}); take fewer per "
+                        "decade or a later output.first")
 
 
 def output_times(t_end: float, every: float | None = None, per_decade: int | None = None,
