@@ -329,15 +329,17 @@ def _field_choice(model, backend: str, tolerance: float, n_targets: int, n_sourc
 
 
 def _energy_seconds(model, n: int) -> float:
-    """The energy of one snapshot: spectral from 20000 points on where the model allows it
-    (rotation invariant), else the O(n^2) double sum."""
+    """The energy of one snapshot: spectral from ENERGY_SPECTRAL_MIN_POINTS points on where
+    the model allows it (rotation invariant), else the O(n^2) double sum."""
+    from .fields.energy import ENERGY_SPECTRAL_MIN_POINTS
+
     if model is None:
         return 0.0
     iso = model.d == 3 and model.isotropic() is not None
     if model.d == 2:
         qk = model.Q.T @ model.K
         iso = abs(qk[0, 0] - qk[1, 1]) + abs(qk[0, 1] + qk[1, 0]) <= 1e-14 * max(1.0, abs(qk).max())
-    if model.beta == 0.0 or (iso and n >= 20000):
+    if model.beta == 0.0 or (iso and n >= ENERGY_SPECTRAL_MIN_POINTS):
         return 200e-9 * n
     return 0.7 * PAIR_SECONDS * float(n) * float(n)  # measured 1.2 ns per pair (level 5, general Q, K)
 

@@ -652,7 +652,8 @@ def drive(run, case: dict, out_dir=None, progress: bool = False, source="<case>"
     if progress and (dist is None or dist.root):
         t0 = run.state.t if restart else None
         ranks = dist.size if dist is not None else 1
-        bar = _ProgressLog(times[-1], t0, ranks) if progress == "log" else _progress_bar(times[-1], t0)
+        bar = (_ProgressLog(times[-1], t0, ranks, first=case["output"].get("first")) if progress == "log"
+               else _progress_bar(times[-1], t0))
     try:
         arrays, seconds = _time_loop(run, case, times, first, rows, sink, bar)
     finally:
@@ -811,7 +812,8 @@ class _ProgressLog:
     step size, the elapsed time and an estimate of the time left (proportional to the model
     time still to go), and the MPI ranks."""
 
-    def __init__(self, t_end: float, t_start=None, ranks: int = 1, interval: float | None = None):
+    def __init__(self, t_end: float, t_start=None, ranks: int = 1, interval: float | None = None,
+                 first: float | None = None):
         import os
 
         if interval is None:
@@ -821,6 +823,9 @@ class _ProgressLog:
                 interval = PROGRESS_SECONDS
         self.t_end, self.t_start, self.ranks, self.interval = float(t_end), float(t_start or 0.0), int(ranks), interval
         self.n = self.t_start
+        #: geometric snapshots (output.per_decade): the share done is measured in log t from
+        #: the first output on, as the run spends comparable wall time per decade
+        self.first = first
         self._postfix = ""
         self._wall = self._last = time.perf_counter()
 
@@ -833,12 +838,21 @@ class _ProgressLog:
             return
         self._last = now
         elapsed = now - self._wall
-        done = self.n - self.t_start
-        left = elapsed * (self.t_end - self.n) / done if done > 0 else math.inf
+        p, p0 = self.fraction(self.n), self.fraction(self.t_start)
+        left = elapsed * (1.0 - p) / (p - p0) if p > p0 else math.inf
         eta = f"{left:.1f} s" if math.isfinite(left) else "unknown"
-        share = 100.0 * (self.n / self.t_end) if self.t_end > 0 else 100.0
+        share = 100.0 * p
         log.info("progress: t=%.6g of %.6g (%.0f%%), %s, %.1f s elapsed, about %s left%s", self.n, self.t_end, share,
                  self._postfix, elapsed, eta, f", {self.ranks} MPI ranks" if self.ranks > 1 else "")
+
+    def fraction(self, t: float) -> float:
+        """The share of the run done at ``t``: ``t / t_end``, or with geometric snapshots
+        ``log(t / first) / log(t_end / first)`` (0 before the first output)."""
+        if self.t_end <= 0:
+            return 1.0
+        if self.first is None or not 0 < self.first < self.t_end:
+            return t / self.t_end
+        return max(0.0, math.log(max(t, self.first) / self.first) / math.log(self.t_end / self.first))
 
     def close(self) -> None:
         pass

@@ -28,7 +28,7 @@ def test_zero_interaction_energy_is_zero_by_every_method(d, normalized):
 
 
 def test_zero_interaction_energy_on_many_points():
-    # what a Q = 0 run with >= 20,000 particles (or a level-6 mesh) does at its first snapshot
+    # what a Q = 0 run with >= ENERGY_SPECTRAL_MIN_POINTS particles (or a finer mesh) does at its first snapshot
     x, w = _points(3, ENERGY_SPECTRAL_MIN_POINTS)
     model = mf.AttentionModel(d=3, beta=5.0, Q=np.zeros((3, 3)), normalized=False)
     assert mf.energy(model, x, w) == 0.0

@@ -161,3 +161,14 @@ def test_geometric_time_axes(tmp_path):
     finally:
         plt.Figure.savefig = real_savefig
     assert opened[0][0] == "symlog" and "symlog" in opened[1]
+
+
+def test_progress_share_of_a_geometric_run_is_measured_in_log_time():
+    from meanfield.run import _ProgressLog
+
+    log = _ProgressLog(2e4, interval=1.0, first=0.01)
+    assert log.fraction(0.0) == 0.0 and log.fraction(0.01) == 0.0
+    assert log.fraction(2e4) == pytest.approx(1.0)
+    assert log.fraction(math.sqrt(0.01 * 2e4)) == pytest.approx(0.5)  # the middle decade, not t = 1e4
+    uniform = _ProgressLog(2e4, interval=1.0)
+    assert uniform.fraction(1e4) == 0.5

@@ -20,8 +20,9 @@ __all__ = ["ENERGY_SPECTRAL_MIN_POINTS", "energy"]
 
 
 #: ``energy(method="auto")`` sums directly below this many points, spectrally above (where
-#: the model allows it).
-ENERGY_SPECTRAL_MIN_POINTS = 20000
+#: the model allows it). Measured on S^1 (shifted USA, beta 5): direct 37 / 142 / 579 ms at
+#: 1024 / 2048 / 4096 points, spectral 0.5-0.7 ms, equal to 3e-16 relative.
+ENERGY_SPECTRAL_MIN_POINTS = 1000
 
 
 def energy(model: AttentionModel, points, weights, block_elements: int = 1 << 18, method: str = "auto",
