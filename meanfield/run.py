@@ -362,7 +362,7 @@ class PdeRun:
     def describe(self) -> str:
         sim = self.sim
         scheme = f"scheme {sim.fv.scheme}, backend {sim.fv.field.name}" if hasattr(sim, "fv") else "Fourier pseudo-spectral"
-        return f"{self.mesh.manifold}, {self.mesh.n_cells} cells; {describe_model(sim.model)}; {scheme}"
+        return f"{self.mesh.manifold}, {self.mesh.n_cells} cells; {describe_model(sim.model, getattr(sim, 'noise', 0.0))}; {scheme}"
 
     def advance(self, t_out, on_step):
         self.sim.advance(self.state, t_out, on_step)
@@ -986,10 +986,12 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
             plots.write_causal_plots(out_dir, sim.mesh, result, switches=switches)
         else:
             plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"], switches=switches,
-                                  label=f"{Path(str(source)).stem}, {describe_model(sim.model)}", model=sim.model)
+                                  label=f"{Path(str(source)).stem}, {describe_model(sim.model, getattr(sim, 'noise', 0.0))}",
+                                  model=sim.model)
         plots.plot_cluster_tracks(out_dir, sim.mesh.manifold, radius=case["diagnostics"]["track_radius"])
     if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
         from .io.movie import write_movie
 
-        write_movie(Path(out_dir) / "movie.gif", sim.mesh, result.snapshots, title=describe_model(sim.model))
+        write_movie(Path(out_dir) / "movie.gif", sim.mesh, result.snapshots,
+                    title=describe_model(sim.model, getattr(sim, "noise", 0.0)))
     return result

@@ -379,3 +379,12 @@ def test_a_perceptron_near_the_gradient_form_is_warned_about(caplog, tmp_path):
     warnings = [r.getMessage() for r in caplog.records if "gradient form" in r.getMessage()]
     assert len(warnings) == 1 and "energy column stays empty" in warnings[0]
     assert result.rows[-1]["energy"] is None
+
+
+def test_describe_model_names_the_noise():
+    from meanfield.dynamics.model import describe_model
+
+    model = mf.AttentionModel(d=2, beta=1.0)
+    assert describe_model(model) == "SA beta=1"
+    assert describe_model(model, 0.7) == "SA beta=1, noise sigma=0.7"
+    assert describe_model(model, 0.0) == "SA beta=1"

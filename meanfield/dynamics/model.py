@@ -379,10 +379,13 @@ def as_velocity_model(model) -> VelocityModel:
     raise TypeError(f"expected a VelocityModel, Terms or AttentionModel, got {type(model).__name__}")
 
 
-def describe_model(model) -> str:
-    """A model in words for the run's header: ``"SA beta=9"`` for one head of weight 1, else
-    :meth:`VelocityModel.describe`."""
+def describe_model(model, noise: float = 0.0) -> str:
+    """A model in words for the run's header and the pictures' titles: ``"SA beta=9"`` for one
+    head of weight 1, else :meth:`VelocityModel.describe`; ``noise > 0`` adds ``", noise
+    sigma=..."`` (the noise lives on the solver, not on the model)."""
     single = model if isinstance(model, AttentionModel) else as_velocity_model(model).single_head
     if single is not None:
-        return f"{single.kind} beta={single.beta:g}" + (" (shifted)" if single.logit_offset else "")
-    return as_velocity_model(model).describe()
+        text = f"{single.kind} beta={single.beta:g}" + (" (shifted)" if single.logit_offset else "")
+    else:
+        text = as_velocity_model(model).describe()
+    return text + (f", noise sigma={noise:g}" if noise and noise > 0 else "")

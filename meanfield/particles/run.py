@@ -291,7 +291,7 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
         from ..io.movie import write_movie
 
-        write_movie(Path(out_dir) / "movie.gif", mesh, run.snapshots, title=describe_model(system.model),
+        write_movie(Path(out_dir) / "movie.gif", mesh, run.snapshots, title=describe_model(system.model, system.noise),
                     particles=True)
     return run
 
