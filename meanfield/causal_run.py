@@ -160,7 +160,7 @@ class CausalPdeRun:
 
         sim = self.sim
         return (f"causal mean field on {self.P} position bands x {self.mesh.manifold} ({self.mesh.n_cells} cells); "
-                f"{describe_model(sim.model)}; scheme {sim.fv.scheme}, backend {sim.velocity_field.name}")
+                f"{describe_model(sim.model, getattr(sim, 'noise', 0.0))}; scheme {sim.fv.scheme}, backend {sim.velocity_field.name}")
 
     def advance(self, t_out, on_step):
         self.sim.advance(self.state, t_out, on_step)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import diagnostics as diag
-from .dynamics.model import Head, RandomHeads, Terms, VelocityModel, describe_model
+from .dynamics.model import Head, RandomHeads, Terms, VelocityModel, describe_model, run_label
 from .fields.attention import USA_LOGIT_LIMIT, AttentionModel, FieldOverflowError
 from .io.case import CaseError, case_output_times, dump_case, output_times
 from .initial import InitialDataError, density_function, project
@@ -983,15 +983,16 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
 
         switches = [e["t"] for e in case["model"]["schedule"] if e["t"] > 0]
         if state.rho.ndim == 2:
-            plots.write_causal_plots(out_dir, sim.mesh, result, switches=switches)
+            plots.write_causal_plots(out_dir, sim.mesh, result, switches=switches,
+                                     label=run_label(source, sim.model, getattr(sim, "noise", 0.0)))
         else:
             plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"], switches=switches,
-                                  label=f"{Path(str(source)).stem}, {describe_model(sim.model, getattr(sim, 'noise', 0.0))}",
+                                  label=run_label(source, sim.model, getattr(sim, "noise", 0.0)),
                                   model=sim.model)
         plots.plot_cluster_tracks(out_dir, sim.mesh.manifold, radius=case["diagnostics"]["track_radius"])
     if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
         from .io.movie import write_movie
 
         write_movie(Path(out_dir) / "movie.gif", sim.mesh, result.snapshots,
-                    title=describe_model(sim.model, getattr(sim, "noise", 0.0)))
+                    title=run_label(source, sim.model, getattr(sim, "noise", 0.0)))
     return result

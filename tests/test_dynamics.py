@@ -388,3 +388,11 @@ def test_describe_model_names_the_noise():
     assert describe_model(model) == "SA beta=1"
     assert describe_model(model, 0.7) == "SA beta=1, noise sigma=0.7"
     assert describe_model(model, 0.0) == "SA beta=1"
+
+
+def test_run_label_names_the_case_file_when_there_is_one():
+    from meanfield.dynamics.model import run_label
+
+    model = mf.AttentionModel(d=2, beta=3.0)
+    assert run_label("cases/circle_metastable.toml", model, 0.03) == "circle_metastable, SA beta=3, noise sigma=0.03"
+    assert run_label("<case>", model) == "SA beta=3"

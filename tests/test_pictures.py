@@ -142,3 +142,74 @@ def test_particles_are_visible(mesh):
         x, y = axes["map"].transData.transform(lon_lat(p))
         assert img[int(h - y), int(x)].min() > 0.9  # a white dot over the (black) density
     assert fig.axes[1].collections[-1].get_offsets().shape[0] + fig.axes[2].collections[-1].get_offsets().shape[0] == 2
+
+
+CASE_WITH_NOISE = """
+[domain]
+cells = 64
+[model]
+beta = 4.0
+noise = 0.1
+[initial]
+kind = "modes"
+modes = [{k = 2, amplitude = 0.3}]
+[solver]
+t_end = 0.5
+integrator = "rk4"
+[output]
+every = 0.25
+movie = true
+[particles]
+n = 60
+[compare]
+particles = [40, 80]
+seeds = 1
+"""
+
+
+def test_every_picture_of_particles_and_compare_names_the_case_model_and_noise(tmp_path, monkeypatch, capsys):
+    """The particle and compare pictures and movies carry the case file's name, the model and
+    the noise in their titles (the particle pictures had only "64 particles ..., t = 15")."""
+    from meanfield.cli import main
+    from meanfield.io import movie, plots
+
+    titles = {}
+
+    def recording(name, function, key):
+        def wrapper(path, *args, **kwargs):
+            titles.setdefault(name, []).append(kwargs.get(key, ""))
+            return function(path, *args, **kwargs)
+        return wrapper
+
+    for name, key in (("plot_diagnostics", "title"), ("plot_particles", "label"), ("plot_compare", "title")):
+        monkeypatch.setattr(plots, name, recording(name, getattr(plots, name), key))
+    monkeypatch.setattr(movie, "write_movie", recording("write_movie", movie.write_movie, "title"))
+    case = tmp_path / "noisy_case.toml"
+    case.write_text(CASE_WITH_NOISE)
+    for command in ("run", "particles", "compare"):
+        assert main([command, str(case), "--out", str(tmp_path / command)]) == 0, capsys.readouterr().err
+    expected = "noisy_case, SA beta=4, noise sigma=0.1"
+    assert set(titles) == {"plot_diagnostics", "plot_particles", "plot_compare", "write_movie"}
+    for name, seen in titles.items():
+        assert seen and all(title.startswith(expected) for title in seen), (name, seen)
+    assert any(title.endswith("particles against the PDE") for title in titles["plot_compare"])
+    # the PDE movies of run and of compare's pde/, and the particles' movie
+    assert sorted(titles["write_movie"]) == [expected, expected, f"{expected}, particles"]
+    assert (tmp_path / "particles" / "movie.gif").is_file() and (tmp_path / "compare" / "particles.png").is_file()
+
+
+@pytest.mark.parametrize("counts", [[0, 0, 0], [0, 1, 1], [4, 3, 2, 1], [62, 40, 1]])
+def test_cluster_count_axes_have_integer_ticks_only(counts):
+    """All-zero counts (an early causal run) drew ticks at -0.04 .. 0.04."""
+    import matplotlib.pyplot as plt
+
+    from meanfield.io.plots import _integer_axis
+
+    fig, ax = plt.subplots()
+    ax.step(range(len(counts)), counts)
+    _integer_axis(ax, counts)
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low <= t <= high]
+    plt.close(fig)
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    assert low < min(counts) and high > max(counts)

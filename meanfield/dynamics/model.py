@@ -34,7 +34,7 @@ import numpy as np
 
 from ..fields.attention import AttentionModel, growth_rate
 
-__all__ = ["Head", "MASKS", "Terms", "RandomHeads", "VelocityModel", "as_velocity_model", "describe_model"]
+__all__ = ["Head", "MASKS", "Terms", "RandomHeads", "VelocityModel", "as_velocity_model", "describe_model", "run_label"]
 
 #: The attention masks of :class:`VelocityModel`.
 MASKS = ("none", "causal")
@@ -389,3 +389,16 @@ def describe_model(model, noise: float = 0.0) -> str:
     else:
         text = as_velocity_model(model).describe()
     return text + (f", noise sigma={noise:g}" if noise and noise > 0 else "")
+
+
+def run_label(source, model, noise: float = 0.0) -> str:
+    """The pictures' titles: the case file's name and :func:`describe_model`, e.g.
+    ``"circle_metastable, USA beta=5 (shifted), noise sigma=0.03"``; a case given as a
+    mapping (``source`` like ``"<case>"``) has no name to show."""
+    text = describe_model(model, noise)
+    name = str(source)
+    if name.startswith("<") and name.endswith(">"):
+        return text
+    from pathlib import Path
+
+    return f"{Path(name).stem}, {text}"

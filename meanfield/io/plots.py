@@ -147,7 +147,7 @@ def plot_diagnostics(path, rows: list[dict], title: str = "", shifted: bool = Fa
     ax3 = ax.twinx()
     ax3.step(t, get("n_clusters"), where="post", color="C3", label="clusters")
     ax3.set_ylabel("clusters", color="C3")
-    ax3.yaxis.get_major_locator().set_params(integer=True)
+    _integer_axis(ax3, get("n_clusters"))
     ax.set_ylabel("order parameter")
     ax = axes[1, 0]
     ax.semilogy(t, get("max_density"), label="max")
@@ -230,6 +230,15 @@ def plot_modes(path, mesh, snapshots, model, count: int = 4) -> Path | None:
     return _save(plt, fig, path)
 
 
+def _integer_axis(ax, counts) -> None:
+    """A count axis with integer ticks only: the limits span at least 0..1 (all-zero counts
+    would otherwise get ticks at -0.04 .. 0.04)."""
+    counts = np.asarray(counts, dtype=float)
+    top = float(np.nanmax(counts)) if counts.size and np.isfinite(counts).any() else 0.0
+    ax.set_ylim(-0.05 * max(top, 1.0), 1.05 * max(top, 1.0))
+    ax.yaxis.get_major_locator().set_params(integer=True)
+
+
 def _band_panels(fig, axes, positions, profiles) -> None:
     """Per-position order parameter and cluster count ``profiles [(t, order (P,), clusters (P,))]``."""
     ax, ax2 = axes
@@ -245,10 +254,10 @@ def _band_panels(fig, axes, positions, profiles) -> None:
     ax2.set_xlim(0, 1)
     ax2.set_xlabel("position s")
     ax2.set_ylabel("clusters per position band")
-    ax2.yaxis.get_major_locator().set_params(integer=True)
+    _integer_axis(ax2, np.concatenate([np.ravel(c) for _, _, c in profiles]))
 
 
-def plot_causal(path, mesh, snapshots, criterion=None) -> Path:
+def plot_causal(path, mesh, snapshots, criterion=None, title: str = "") -> Path:
     """The causal mean field ``[(t, rho (P, N)), ...]``: on the circle the density over
     ``(s, theta)`` at the first, a middle and the last snapshot (log colour scale, one
     colour bar), on the sphere the order parameter of every band over ``(s, t)``; below,
@@ -300,6 +309,8 @@ def plot_causal(path, mesh, snapshots, criterion=None) -> Path:
         order, clusters = band_diagnostics(mesh, rho, criterion)
         profiles.append((t, order, clusters))
     _band_panels(fig, (fig.add_subplot(grid[1, :3]), fig.add_subplot(grid[1, 3:])), positions, profiles)
+    if title:
+        fig.suptitle(title)
     return _save(plt, fig, path, tight=False)
 
 
@@ -344,12 +355,14 @@ def plot_causal_tokens(path, points, t0_points, t: float, bands: int, criterion=
     return _save(plt, fig, path)
 
 
-def write_causal_plots(out_dir, mesh, result, switches=(), criterion=None) -> list[Path]:
+def write_causal_plots(out_dir, mesh, result, switches=(), criterion=None, label: str = "") -> list[Path]:
     """``diagnostics.png`` and ``causal.png`` of a causal PDE run (sphere: also
-    ``final_band_first.png``, ``final_band_middle.png``, ``final_band_last.png``)."""
+    ``final_band_first.png``, ``final_band_middle.png``, ``final_band_last.png``);
+    ``label`` (the case and model) heads the titles."""
     out_dir = Path(out_dir)
-    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, switches=switches),
-             plot_causal(out_dir / "causal.png", mesh, result.snapshots, criterion)]
+    head = f"{label}: " if label else ""
+    paths = [plot_diagnostics(out_dir / "diagnostics.png", result.rows, title=label, switches=switches),
+             plot_causal(out_dir / "causal.png", mesh, result.snapshots, criterion, title=label)]
     if mesh.manifold == "sphere":
         from .render import render_sphere
 
@@ -357,18 +370,21 @@ def write_causal_plots(out_dir, mesh, result, switches=(), criterion=None) -> li
         P = rho.shape[0]
         for name, p in (("first", 0), ("middle", P // 2), ("last", P - 1)):
             paths.append(render_sphere(out_dir / f"final_band_{name}.png", mesh, rho[p],
-                                       title=f"band s = {(p + 0.5) / P:.3g} at t = {t:g}"))
+                                       title=f"{head}band s = {(p + 0.5) / P:.3g} at t = {t:g}"))
     return paths
 
 
-def plot_particles(path, mesh, points, weights, t: float, density=None, histogram=None) -> Path:
+def plot_particles(path, mesh, points, weights, t: float, density=None, histogram=None, label: str = "") -> Path:
     """Particles at time ``t`` over the PDE density (when given): on the circle a weighted
     histogram of the particle angles against the density, on the sphere a rendering over
     ``density`` or, without it, over ``histogram`` (the particle density per cell, e.g.
-    :func:`~meanfield.particles.distances.bin_particles` over the cell areas; needed then)."""
+    :func:`~meanfield.particles.distances.bin_particles` over the cell areas; needed then).
+    ``label`` (the case and model, :func:`~meanfield.dynamics.model.run_label`) heads the
+    title."""
     path = Path(path)
+    head = f"{label}: " if label else ""
     if mesh is None or mesh.manifold == "zonal" or points.shape[1] > 3:
-        return plot_tokens(path, points, weights, t, mesh=mesh, density=density)
+        return plot_tokens(path, points, weights, t, mesh=mesh, density=density, label=label)
     if mesh.manifold == "sphere":
         from .render import render_sphere
 
@@ -376,7 +392,7 @@ def plot_particles(path, mesh, points, weights, t: float, density=None, histogra
             raise ValueError("plot_particles on the sphere needs the PDE density or the particle histogram")
         shown = density if density is not None else histogram
         what = "PDE density" if density is not None else "particle histogram"
-        return render_sphere(path, mesh, shown, title=f"{len(points)} particles over the {what}, t = {t:g}",
+        return render_sphere(path, mesh, shown, title=f"{head}{len(points)} particles over the {what}, t = {t:g}",
                              points=points)
     plt = _pyplot()
     theta = np.mod(np.arctan2(points[:, 1], points[:, 0]), 2 * np.pi)
@@ -390,12 +406,12 @@ def plot_particles(path, mesh, points, weights, t: float, density=None, histogra
     ax.set_xlabel("angle θ")
     ax.set_ylabel("density")
     ax.set_xticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
-    ax.set_title(f"t = {t:g}")
+    ax.set_title(f"{head}t = {t:g}", fontsize=10)
     ax.legend()
     return _save(plt, fig, path)
 
 
-def plot_tokens(path, points, weights, t: float, mesh=None, density=None) -> Path:
+def plot_tokens(path, points, weights, t: float, mesh=None, density=None, label: str = "") -> Path:
     """Tokens on S^{d-1}, any d: their projection on the first two principal axes (of the
     uncentred second moment, so a cluster and its antipode stay apart), their Gram matrix
     ``<x_i, x_j>`` (tokens ordered by their angle in that plane), and the law of the polar
@@ -438,6 +454,8 @@ def plot_tokens(path, points, weights, t: float, mesh=None, density=None) -> Pat
         ax.set_ylabel("mass per unit φ")
         ax.set_xticks([0, np.pi / 2, np.pi], ["0", "π/2", "π"])
         ax.legend()
+    if label:
+        fig.suptitle(label)
     return _save(plt, fig, path)
 
 
@@ -484,8 +502,9 @@ def plot_cluster_tracks(out_dir, manifold: str, radius: float = 0.5 * np.pi) -> 
     return tracker.plot_tracks(Path(out_dir) / "clusters.png", manifold, log_time=geometric_times(tracker.times))
 
 
-def plot_compare(path, rows) -> Path:
-    """Mean distance against n (log-log) at a few times, with a n^(-1/2) guide."""
+def plot_compare(path, rows, title: str = "") -> Path:
+    """Mean distance against n (log-log) at a few times, with a n^(-1/2) guide; ``title``
+    (the case and model) above."""
     plt = _pyplot()
     ns = np.array(sorted({r["n"] for r in rows}), dtype=float)
     times = sorted({r["t"] for r in rows})
@@ -510,4 +529,6 @@ def plot_compare(path, rows) -> Path:
     ax.set_xlabel("number of particles n")
     ax.set_ylabel(f"{rows[0]['metric'] if rows else ''} distance to the PDE (mean ± std over seeds)")
     ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
     return _save(plt, fig, path)

@@ -119,7 +119,8 @@ class BatchRun:
         _, n, d = self.state.x.shape
         B = self.prompts
         split = f" ({self.dist.size} MPI ranks, each its share of the prompts)" if self.dist is not None else ""
-        return (f"a batch of {B} prompts x {n} tokens on S^{d - 1}{split}; {describe_model(self.system.field.model)}; "
+        model = describe_model(self.system.field.model, self.system.noise)
+        return (f"a batch of {B} prompts x {n} tokens on S^{d - 1}{split}; {model}; "
                 f"{self.system.integrator.name}, {'automatic step' if self.system.dt == 'auto' else f'dt={self.system.dt:g}'}"
                 ", direct sums over every prompt at once")
 

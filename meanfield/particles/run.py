@@ -32,7 +32,7 @@ from .distances import bin_particles, distance
 from ..initial import InitialDataError
 from ..io.output import atomic_write
 from .system import ParticleState, ParticleSystem
-from ..dynamics.model import describe_model
+from ..dynamics.model import describe_model, run_label
 from ..pde.timestepping import RunHealthError
 from ..run import agreed, preflight, build_mesh, build_model, drive, restart_paths, run_case
 from .sampling import sample
@@ -122,7 +122,7 @@ class ParticleRun:
 
     def describe(self) -> str:
         where = f"S^{self.state.d - 1}" if self.mesh is None or self.mesh.manifold == "zonal" else self.mesh.manifold
-        return (f"{self.state.n} particles on {where}; {describe_model(self.system.model)}; "
+        return (f"{self.state.n} particles on {where}; {describe_model(self.system.model, self.system.noise)}; "
                 f"{self.system.describe()}, backend {self.system.field.name}")
 
     def advance(self, t_out, on_step):
@@ -278,11 +278,13 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from ..io import plots
 
-        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, shifted=case["model"]["shift"],
+        title = f"{run_label(source, system.model, system.noise)}, particles"
+        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, title=title,
+                               shifted=case["model"]["shift"],
                                switches=[e["t"] for e in case["model"]["schedule"] if e["t"] > 0])
         t, x, w = run.snapshots[-1]
         histogram = bin_particles(mesh, x, w) / mesh.areas if mesh is not None and mesh.manifold == "sphere" else None
-        plots.plot_particles(Path(out_dir) / "particles.png", mesh, x, w, t=t, histogram=histogram)
+        plots.plot_particles(Path(out_dir) / "particles.png", mesh, x, w, t=t, histogram=histogram, label=title)
         if run.bands is not None:
             plots.plot_causal_tokens(Path(out_dir) / "causal.png", x, run.snapshots[0][1],
                                      t, run.bands, run.criterion)
@@ -291,8 +293,8 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
         from ..io.movie import write_movie
 
-        write_movie(Path(out_dir) / "movie.gif", mesh, run.snapshots, title=describe_model(system.model, system.noise),
-                    particles=True)
+        write_movie(Path(out_dir) / "movie.gif", mesh, run.snapshots,
+                    title=f"{run_label(source, system.model, system.noise)}, particles", particles=True)
     return run
 
 
@@ -307,7 +309,9 @@ def _run_batch(case, out_dir, chosen, progress, source, label, dist, paths, over
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from ..io import plots
 
-        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, shifted=case["model"]["shift"],
+        title = f"{run_label(source, system.field.model, system.noise)}, a batch of {chosen['batch']} prompts"
+        plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, title=title,
+                               shifted=case["model"]["shift"],
                                switches=[e["t"] for e in case["model"]["schedule"] if e["t"] > 0])
         plots.plot_batch(Path(out_dir) / "batch.png", run.rows, run.state.x)
     return run
@@ -384,10 +388,11 @@ def run_compare(case: dict, out_dir, ns=None, seeds=None, metric: str | None = N
     if case["output"]["plots"]:
         from ..io import plots
 
-        plots.plot_compare(out / "compare.png", rows)
+        title = f"{run_label(source, part.system.model, part.system.noise)}, particles against the PDE"
+        plots.plot_compare(out / "compare.png", rows, title=title)
         t, x, w = last
         density = pde.snapshots[-1][1].mean(axis=0) if causal else pde.snapshots[-1][1]
-        plots.plot_particles(out / "particles.png", mesh, x, w, t=t, density=density)
+        plots.plot_particles(out / "particles.png", mesh, x, w, t=t, density=density, label=title)
     return rows
 
 
