@@ -38,6 +38,16 @@ CMAP = "magma"
 POINT_STYLE = {"s": 14, "c": "white", "edgecolors": "#202020", "linewidths": 0.7, "zorder": 5}
 
 
+def point_style(n: int) -> dict:
+    """The particles' marker: :data:`POINT_STYLE` (white, dark rim) up to 256 particles;
+    more get smaller dots with a thinner rim (area ~ 1/sqrt(n), 3.5 at 4096, at least 1), so a
+    cloud of thousands does not paint over the density it is drawn on."""
+    if n <= 256:
+        return dict(POINT_STYLE)
+    scale = (256.0 / n) ** 0.5
+    return {**POINT_STYLE, "s": max(1.0, 14.0 * scale), "linewidths": max(0.15, 0.7 * scale), "alpha": 0.85}
+
+
 def lon_lat(xyz) -> tuple[np.ndarray, np.ndarray]:
     """Longitude in (-pi, pi] and latitude in [-pi/2, pi/2] of points ``(..., 3)``."""
     p = np.asarray(xyz, dtype=float)
@@ -148,7 +158,7 @@ def sphere_map(ax, mesh, values, points=None, log=None, cmap: str = CMAP, norm=N
     if points is not None:
         lon, lat = lon_lat(points)
         pxy = ax.transProjection.transform(np.column_stack([lon, lat]))
-        ax.scatter(pxy[:, 0], pxy[:, 1], transform=flat, **POINT_STYLE)
+        ax.scatter(pxy[:, 0], pxy[:, 1], transform=flat, **point_style(len(pxy)))
     if grid:
         ax.grid(True, color="0.6", linewidth=0.4, alpha=0.6)
         ax.tick_params(labelsize=7, colors="0.35")
@@ -185,8 +195,9 @@ def sphere_view(ax, mesh, values, direction, points=None, cmap: str = CMAP, norm
     ax.add_patch(Circle((0, 0), 1.0, fill=False, edgecolor="0.3", linewidth=0.8, zorder=4))
     if points is not None:
         p = np.asarray(points, dtype=float)
+        style = point_style(len(p))  # by the whole count, the same dots as on the map
         p = p[p @ forward > 0]
-        ax.scatter(p @ right, p @ up, **POINT_STYLE)
+        ax.scatter(p @ right, p @ up, **style)
     ax.set_xlim(-1.04, 1.04)
     ax.set_ylim(-1.04, 1.04)
     ax.set_aspect("equal")
