@@ -466,11 +466,16 @@ class ClusterTracker:
             ax.set_ylabel("latitude (deg)")
             ax.set_xlim(-180, 180)
             ax.set_ylim(-90, 90)
-        ax.plot([], [], marker="*", color="k", ls="none", ms=11, label="merger")
+        markers = []
+        if manifold == "sphere":
+            markers += ax.plot([], [], marker="o", color="0.3", ls="none", ms=4, label="last seen")
+        markers += ax.plot([], [], marker="*", color="k", ls="none", ms=11, label="merger")
         if len(self.ids) <= 12:
             ax.legend(title="id", fontsize="small", ncol=2, loc="best")
+        else:  # too many tracks to name: the markers only
+            ax.legend(handles=markers, fontsize="small", loc="best")
         if title:
-            ax.set_title(title)
+            ax.set_title(title, fontsize=10)
         if own:
             if path is not None:
                 fig.savefig(path, dpi=110)

@@ -989,7 +989,8 @@ def run_case(case: dict, out_dir=None, progress: bool = False, source="<case>", 
             plots.write_run_plots(out_dir, sim.mesh, result, shifted=case["model"]["shift"], switches=switches,
                                   label=run_label(source, sim.model, getattr(sim, "noise", 0.0)),
                                   model=sim.model)
-        plots.plot_cluster_tracks(out_dir, sim.mesh.manifold, radius=case["diagnostics"]["track_radius"])
+        plots.plot_cluster_tracks(out_dir, sim.mesh.manifold, radius=case["diagnostics"]["track_radius"],
+                                  title=run_label(source, sim.model, getattr(sim, "noise", 0.0)))
     if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
         from .io.movie import write_movie
 

@@ -181,7 +181,8 @@ def test_every_picture_of_particles_and_compare_names_the_case_model_and_noise(t
             return function(path, *args, **kwargs)
         return wrapper
 
-    for name, key in (("plot_diagnostics", "title"), ("plot_particles", "label"), ("plot_compare", "title")):
+    for name, key in (("plot_diagnostics", "title"), ("plot_particles", "label"), ("plot_compare", "title"),
+                      ("plot_cluster_tracks", "title")):
         monkeypatch.setattr(plots, name, recording(name, getattr(plots, name), key))
     monkeypatch.setattr(movie, "write_movie", recording("write_movie", movie.write_movie, "title"))
     case = tmp_path / "noisy_case.toml"
@@ -189,7 +190,7 @@ def test_every_picture_of_particles_and_compare_names_the_case_model_and_noise(t
     for command in ("run", "particles", "compare"):
         assert main([command, str(case), "--out", str(tmp_path / command)]) == 0, capsys.readouterr().err
     expected = "noisy_case, SA beta=4, noise sigma=0.1"
-    assert set(titles) == {"plot_diagnostics", "plot_particles", "plot_compare", "write_movie"}
+    assert set(titles) == {"plot_diagnostics", "plot_particles", "plot_compare", "plot_cluster_tracks", "write_movie"}
     for name, seen in titles.items():
         assert seen and all(title.startswith(expected) for title in seen), (name, seen)
     assert any(title.endswith("particles against the PDE") for title in titles["plot_compare"])

@@ -488,10 +488,11 @@ def plot_batch(path, rows, x_final) -> Path:
     return _save(plt, fig, path)
 
 
-def plot_cluster_tracks(out_dir, manifold: str, radius: float = 0.5 * np.pi) -> Path | None:
+def plot_cluster_tracks(out_dir, manifold: str, radius: float = 0.5 * np.pi, title: str = "") -> Path | None:
     """``clusters.png``: the clusters of the run in ``out_dir`` matched across its snapshots
     (:class:`~meanfield.clusters.ClusterTracker`), circle: angle against t, sphere: a map, with
-    the mergers starred; ``None`` for other manifolds or a run without clusters."""
+    the mergers starred and ``title`` (the case and model) above; ``None`` for other manifolds
+    or a run without clusters."""
     if manifold not in ("circle", "sphere"):
         return None
     from ..clusters import ClusterTracker
@@ -499,7 +500,8 @@ def plot_cluster_tracks(out_dir, manifold: str, radius: float = 0.5 * np.pi) -> 
     tracker = ClusterTracker.from_run(out_dir, radius=radius)
     if not tracker.tracks:
         return None
-    return tracker.plot_tracks(Path(out_dir) / "clusters.png", manifold, log_time=geometric_times(tracker.times))
+    return tracker.plot_tracks(Path(out_dir) / "clusters.png", manifold, log_time=geometric_times(tracker.times),
+                               title=f"{title}: cluster tracks" if title else None)
 
 
 def plot_compare(path, rows, title: str = "") -> Path:

@@ -289,7 +289,7 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
             plots.plot_causal_tokens(Path(out_dir) / "causal.png", x, run.snapshots[0][1],
                                      t, run.bands, run.criterion)
         if mesh is not None and mesh.d <= 3:
-            plots.plot_cluster_tracks(out_dir, mesh.manifold, radius=case["diagnostics"]["track_radius"])
+            plots.plot_cluster_tracks(out_dir, mesh.manifold, radius=case["diagnostics"]["track_radius"], title=title)
     if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
         from ..io.movie import write_movie
 
