@@ -189,6 +189,10 @@ def build_simulation(case: dict, source="<case>", dist=None) -> tuple[Simulation
 
         if mesh.manifold != "circle":
             raise CaseError(source, "solver.scheme", "\"spectral\" exists on the circle only; use \"muscl\"")
+        if s["time_integrator"] != "ssprk3":  # the key's default: the scheme has its own RK4
+            raise CaseError(source, "solver.time_integrator", f"\"spectral\" (the pseudo-spectral scheme) steps with "
+                            f"its own RK4; {s['time_integrator']!r} is a finite-volume time integrator: leave "
+                            "solver.time_integrator out, or take solver.scheme = \"muscl\"")
         if model.single_head is None:
             raise CaseError(source, "solver.scheme", "\"spectral\" (the pseudo-spectral scheme) solves one fixed "
                             "attention head; for several heads, a perceptron or parameters that change in time use "
@@ -230,14 +234,14 @@ def _implicit_simulation(case: dict, mesh, model, field, source, dist):
     from .pde.implicit import ImplicitSimulation
 
     s = case["solver"]
-    if s["scheme"] != "upwind":
-        raise CaseError(source, "solver.scheme", f"the implicit stepper solves the upwind fluxes (an M-matrix: "
-                        f"positive at any step); set solver.scheme = \"upwind\" (got {s['scheme']!r})")
+    if s["scheme"] not in ("upwind", "muscl"):
+        raise CaseError(source, "solver.scheme", f"the implicit stepper solves finite-volume fluxes (an M-matrix: "
+                        f"positive at any step); set solver.scheme = \"muscl\" or \"upwind\" (got {s['scheme']!r})")
     if dist is not None and dist.size > 1:
         raise CaseError(source, "solver.time_integrator", "\"implicit\" runs on one process for now: run it without "
                         "mpiexec, or take \"ssprk3\"")
     try:
-        return ImplicitSimulation(mesh, model, scheme="upwind", field=field, backend=s["backend"],
+        return ImplicitSimulation(mesh, model, scheme=s["scheme"], field=field, backend=s["backend"],
                                   rtol=s["step_rtol"], atol=s["step_atol"], rate_cfl=s["rate_cfl"], dt_max=s["dt_max"],
                                   tolerance=s["tolerance"], noise=case["model"]["noise"])
     except ValueError as exc:
@@ -293,6 +297,9 @@ def _causal_simulation(case: dict, mesh, model, source, dist) -> tuple[Simulatio
     if s["scheme"] == "spectral":
         raise CaseError(source, "solver.scheme", "\"spectral\" (the pseudo-spectral scheme) solves one fixed, unmasked "
                         "head; the causal mean field uses the finite volumes: \"muscl\" or \"upwind\"")
+    if s["time_integrator"] == "implicit":
+        raise CaseError(source, "solver.time_integrator", "the implicit stepper solves one density; the causal mean "
+                        "field (domain.positions bands) steps explicitly: take \"ssprk3\" or \"ssprk43\"")
     try:
         sim = Simulation(mesh, model, scheme=s["scheme"], backend=s["backend"], cfl=s["cfl"], rate_cfl=s["rate_cfl"],
                          dt_max=s["dt_max"], tolerance=s["tolerance"], dist=dist,
@@ -362,6 +369,8 @@ class PdeRun:
     def describe(self) -> str:
         sim = self.sim
         scheme = f"scheme {sim.fv.scheme}, backend {sim.fv.field.name}" if hasattr(sim, "fv") else "Fourier pseudo-spectral"
+        if hasattr(sim, "dt_next"):  # ImplicitSimulation
+            scheme += ", linearly implicit error-controlled steps"
         return f"{self.mesh.manifold}, {self.mesh.n_cells} cells; {describe_model(sim.model, getattr(sim, 'noise', 0.0))}; {scheme}"
 
     def advance(self, t_out, on_step):

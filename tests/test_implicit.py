@@ -37,6 +37,81 @@ def test_system_matrix_is_an_m_matrix_with_zero_column_sums():
     assert inv.min() >= -1e-15  # positivity for any step
 
 
+def test_muscl_matrix_is_an_m_matrix_and_its_flux_is_the_muscl_operator():
+    """The frozen face ratios keep the sign pattern and zero column sums (face values in
+    [0, 2 rho_i]); at the state they were taken from, ``-B m`` is exactly the explicit MUSCL
+    operator's ``dm/dt``."""
+    mesh = mf.CircleMesh(64)
+    model = mf.AttentionModel(d=2, beta=4.0, normalized=False)
+    sim = ImplicitSimulation(mesh, model, scheme="muscl")
+    rho = clustered(mesh)
+    un = sim.fv.normal_velocity(rho)
+    ratios = sim.face_ratios(rho)
+    assert all(g.min() >= 0 and g.max() <= 2 for g in ratios) and np.abs(ratios[0] - 1).max() > 0.1
+    b = sim.transport_matrix(un, ratios).toarray()
+    assert (b - np.diag(np.diag(b))).max() <= 0 and np.diag(b).min() >= 0
+    assert np.abs(b.sum(axis=0)).max() <= 1e-12 * np.abs(b).max()
+    assert np.linalg.inv(sim.system_matrix(un, 1e4, ratios).toarray()).min() >= -1e-15
+    explicit = mf.Simulation(mesh, model, scheme="muscl").fv.rhs(rho, un)[0] * mesh.areas
+    assert np.abs(-b @ (rho * mesh.areas) - explicit).max() <= 1e-12 * np.abs(explicit).max()
+    # and the upwind matrix is not (the scheme is what the step transports with)
+    upwind = sim.transport_matrix(un).toarray()
+    assert np.abs(-upwind @ (rho * mesh.areas) - explicit).max() >= 0.05 * np.abs(explicit).max()
+
+
+@pytest.mark.parametrize("manifold", ["circle", "sphere"])
+def test_muscl_keeps_mass_and_positivity_far_beyond_the_cfl_bound(manifold):
+    if manifold == "circle":
+        mesh, model = mf.CircleMesh(256), mf.AttentionModel(d=2, beta=6.0, normalized=False)
+        rho = clustered(mesh)
+    else:
+        from meanfield.geometry.sphere import load_icosahedral
+
+        mesh, model = load_icosahedral(3), mf.AttentionModel(d=3, beta=6.0, normalized=False)
+        c = np.asarray(mesh.centers)
+        rho = 1e-9 + np.exp(30 * (c[:, 2] - 1)) + 0.5 * np.exp(30 * (c[:, 0] - 1))
+        rho /= rho @ mesh.areas
+    sim = ImplicitSimulation(mesh, model, scheme="muscl")
+    un = sim.fv.normal_velocity(rho)
+    dt = 100.0 * sim.fv.cfl_dt(un)
+    new, err, theta, (r1, r2) = sim.trial_step(rho, 0.0, dt, un=un)
+    for r in (new, r1, r2):
+        assert r.min() >= -1e-14 * r.max() and abs(r @ mesh.areas - 1.0) <= 1e-13
+    state = mf.State(0.0, rho.copy())
+    sim.advance(state, 3.0)
+    assert sim.last["cfl_ratio"] >= 100.0
+    assert abs(state.rho @ mesh.areas - 1.0) <= 1e-13 and state.rho.min() >= 0.0
+
+
+def test_muscl_is_second_order_in_space_on_smooth_data():
+    """Tightly controlled implicit steps to t = 0.5 from smooth data on 32, 64, 128 cells
+    against 1024 cells: L1 space orders 1.95, 2.04 with MUSCL (the errors of the explicit
+    MUSCL solver to 1e-3 relative), 0.90, 1.03 with upwind. (In the max norm the limiter
+    clips the smooth extrema: 1.5-1.75, implicit and explicit alike.)"""
+    model = mf.AttentionModel(d=2, beta=2.0)
+
+    def final(cells, scheme, explicit=False):
+        mesh = mf.CircleMesh(cells)
+        th = mesh.angles
+        state = mf.State(0.0, (1.0 + 0.5 * np.cos(th) + 0.3 * np.sin(2 * th)) / (2 * math.pi))
+        sim = mf.Simulation(mesh, model, scheme=scheme) if explicit else \
+            ImplicitSimulation(mesh, model, scheme=scheme, rtol=1e-7, atol=1e-10)
+        sim.advance(state, 0.5)
+        return state.rho
+
+    for scheme, low, high in (("muscl", 1.85, 2.2), ("upwind", 0.8, 1.2)):
+        ref = final(1024, scheme)
+        errs = []
+        for cells in (32, 64, 128):
+            rho = final(cells, scheme)
+            errs.append(np.abs(rho - ref.reshape(cells, -1).mean(axis=1)).mean())
+            if scheme == "muscl":
+                explicit = final(cells, scheme, explicit=True)
+                assert np.abs(explicit - ref.reshape(cells, -1).mean(axis=1)).mean() == pytest.approx(errs[-1], rel=1e-2)
+        orders = np.log2(np.array(errs[:-1]) / errs[1:])
+        assert np.all(orders > low) and np.all(orders < high), (scheme, errs, orders)
+
+
 @pytest.mark.parametrize("factor", [100.0, 1e4])
 def test_mass_and_positivity_far_beyond_the_cfl_bound(factor):
     """One step of ``factor`` times the forward-Euler CFL bound of the clustered state."""
@@ -162,7 +237,7 @@ def test_bad_input_is_a_value_error():
     class TwoRanks:
         size = 2
 
-    for kwargs, word in (({"scheme": "muscl"}, "upwind"), ({"rtol": 0.0}, "rtol"), ({"rtol": math.nan}, "rtol"),
+    for kwargs, word in (({"scheme": "spectral"}, "upwind"), ({"scheme": "MUSCL"}, "muscl"), ({"rtol": 0.0}, "rtol"), ({"rtol": math.nan}, "rtol"),
                          ({"atol": -1.0}, "atol"), ({"rate_cfl": 0}, "rate_cfl"), ({"dt_max": -1.0}, "dt_max"),
                          ({"linear_amplitude": -0.1}, "linear_amplitude"), ({"max_growth": 1.0}, "max_growth"),
                          ({"dt_first": 0.0}, "dt_first"), ({"rtol": "1e-3"}, "rtol"), ({"dist": TwoRanks()}, "MPI"),

@@ -47,14 +47,32 @@ def test_an_implicit_run_restarts_bitwise(tmp_path):
     assert np.array_equal(a["density"], b["density"]) and int(a["steps"]) == int(b["steps"])
 
 
-@pytest.mark.parametrize("setting, key", [
-    ("solver.scheme=\"muscl\"", "solver.scheme"),
-    ("solver.step_rtol=0", "solver.step_rtol"),
-    ("solver.step_atol=2", "solver.step_atol"),
-    ("solver.time_integrator=\"implicitt\"", "solver.time_integrator"),
+def test_an_implicit_muscl_run_restarts_bitwise_and_says_how_it_steps(tmp_path):
+    case = write(tmp_path, CASE.replace('scheme = "upwind"', 'scheme = "muscl"'))
+    full, part = tmp_path / "full", tmp_path / "part"
+    proc = launch(1, "run", case, "--out", full)
+    assert proc.returncode == 0, proc.stderr
+    assert "scheme muscl" in proc.stdout + proc.stderr and "linearly implicit" in proc.stdout + proc.stderr
+    assert launch(1, "run", case, "--out", part, "--set", "solver.t_end=3.0").returncode == 0
+    assert launch(1, "run", case, "--restart", part).returncode == 0
+    a, b = np.load(full / "final.npz"), np.load(part / "final.npz")
+    assert np.array_equal(a["density"], b["density"]) and int(a["steps"]) == int(b["steps"])
+    assert abs(a["density"] @ np.full(128, 2 * np.pi / 128) - 1.0) < 1e-12 and a["density"].min() >= 0
+
+
+@pytest.mark.parametrize("settings, key", [
+    # the pseudo-spectral scheme ran its own RK4 and ignored the implicit stepper without a word
+    (["solver.scheme=\"spectral\""], "solver.time_integrator"),
+    (["solver.scheme=\"spectral\"", "solver.time_integrator=\"euler\""], "solver.time_integrator"),
+    # the causal mean field raised KeyError: 'implicit'
+    (["model.mask=\"causal\"", "domain.positions=4"], "solver.time_integrator"),
+    (["solver.step_rtol=0"], "solver.step_rtol"),
+    (["solver.step_atol=2"], "solver.step_atol"),
+    (["solver.time_integrator=\"implicitt\""], "solver.time_integrator"),
 ])
-def test_implicit_refusals_exit_2_naming_the_key(tmp_path, setting, key):
-    proc = launch(1, "run", write(tmp_path), "--set", setting)
+def test_implicit_refusals_exit_2_naming_the_key(tmp_path, settings, key):
+    args = [word for setting in settings for word in ("--set", setting)]
+    proc = launch(1, "run", write(tmp_path), "--out", tmp_path / "out", *args)
     assert proc.returncode == 2 and key in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 

@@ -122,10 +122,20 @@ def test_pde_merger_time_with_noise_grows_like_exp_beta_one_minus_cos_delta():
 
 
 def test_pde_merger_time_muscl_with_noise_matches_the_point_cluster_law():
-    """SSPRK3 + MUSCL, noise 0.03, 512 cells, beta 6: measured T = 71.6 against 74.5 for
-    point clusters (-3.9%; the width's e^{(beta^2 - 1) sigma^2} = 1.032 predicts -3.1%)."""
+    """MUSCL, noise 0.03, 512 cells, outputs 3% apart. SSPRK3 at beta 6: T = 71.6 against 74.5
+    for point clusters (-3.9%; the width's e^{(beta^2 - 1) sigma^2} = 1.032 predicts -3.1%).
+    The implicit stepper with MUSCL (frozen face ratios) gives the same 71.6 at beta 6, and
+    159.1, 374.9 at beta 7, 8 (times the width factor over T_point: 0.992, 0.993, 1.018); the
+    slope of log(beta T) 0.9715 against the point clusters' 0.9709 (the upwind stepper's
+    0.971 comes with T 8-10% slow)."""
     mesh = CircleMesh(512)
-    beta = 6.0
-    t = merger_time(Simulation(mesh, usa(beta), scheme="muscl", noise=0.03), mesh, math.pi / 2, growth=1.03)
-    width = math.exp((beta ** 2 - 1) * 0.03 ** 2)
-    assert t * width / merger_quadrature(beta, math.pi / 2) == pytest.approx(1.0, abs=0.03)
+    betas = np.array([6.0, 7.0, 8.0])
+    t = merger_time(Simulation(mesh, usa(6.0), scheme="muscl", noise=0.03), mesh, math.pi / 2, growth=1.03)
+    times = np.array([merger_time(ImplicitSimulation(mesh, usa(b), scheme="muscl", noise=0.03), mesh, math.pi / 2,
+                                  growth=1.03) for b in betas])
+    assert times[0] == pytest.approx(t, rel=0.031)  # within one output interval of SSPRK3 + MUSCL
+    exact = np.array([merger_quadrature(b, math.pi / 2) for b in betas])
+    width = np.exp((betas ** 2 - 1) * 0.03 ** 2)
+    assert np.all(np.abs(times * width / exact - 1) < 0.03), times * width / exact
+    slope = np.polyfit(betas, np.log(betas * times), 1)[0]
+    assert slope == pytest.approx(np.polyfit(betas, np.log(betas * exact), 1)[0], abs=0.01), slope

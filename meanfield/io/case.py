@@ -447,9 +447,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "time_integrator": Key(choice("ssprk3", "ssprk43", "ssprk2", "euler", "implicit"), "ssprk3", "PDE (finite "
                                "volumes): SSP Runge--Kutta scheme. `\"ssprk3\"` (3 stages, SSP coefficient 1), "
                                "`\"ssprk43\"` (4 stages, third order, coefficient 2: steps twice as long for 4/3 the "
-                               "work), `\"ssprk2\"`, `\"euler\"`; or `\"implicit\"`: linearly implicit upwind steps "
-                               "chosen by an error estimate, not by the CFL bound (long times, metastability; needs "
-                               "`solver.scheme = \"upwind\"`, serial; docs/long_times.md)."),
+                               "work), `\"ssprk2\"`, `\"euler\"`; or `\"implicit\"`: linearly implicit steps chosen by "
+                               "an error estimate, not by the CFL bound (long times, metastability; `solver.scheme = "
+                               "\"muscl\"` with its limited face values frozen over each step, or `\"upwind\"`; "
+                               "serial; docs/long_times.md)."),
         "step_rtol": Key(real(0.0, 1.0, lo_open=True), 1e-3, "`time_integrator = \"implicit\"`: relative error per "
                          "step (of the cell masses)."),
         "step_atol": Key(real(0.0, 1.0, lo_open=True), 1e-6, "`time_integrator = \"implicit\"`: absolute error per "

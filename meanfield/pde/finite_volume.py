@@ -237,6 +237,15 @@ class FiniteVolume:
             dt_pos = float(np.min(np.where(outflow > 0, own * self._areas / outflow, np.inf), initial=np.inf))
         return dm / self._areas, dt_pos
 
+    def edge_states(self, rho: np.ndarray, scheme: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(left, right)``, each ``(E, q)``: the face values of the left and the right cell
+        of every (local) edge at its quadrature points, reconstructed by ``scheme`` (default:
+        this operator's); the states :meth:`local_rhs` takes upwind."""
+        faces = SCHEMES[scheme or self.scheme]
+        q = self._weights.shape[1]
+        values = faces(self, rho, self._stencil).reshape(-1, q)
+        return values[self._left_slot], values[self._right_slot]
+
     def cfl_dt(self, un: np.ndarray) -> float:
         """``min_i |C_i| / sum_{edges of i} w |u|``: a CFL number of 1 per unit of this step."""
         dt = self.local_cfl_dt(un)
