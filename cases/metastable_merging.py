@@ -16,27 +16,27 @@ each merger of ``m_i, m_j`` raises it by ``m_i m_j / beta``.
 
 Run from the repository root::
 
-    python cases/metastable_merging.py                # particles and the PDE, ~1.5 minutes on one core
+    python cases/metastable_merging.py                # particles and the PDE, about 30 s
     python cases/metastable_merging.py --no-pde       # the particles alone
 
-The PDE (``solver.time_integrator = "implicit"``'s stepper, upwind, 512 cells) runs with a
-small noise (``--pde-noise``, default 0.03: ``(sigma^2 / 2) Lap rho``) that keeps each
+The PDE (``solver.time_integrator = "implicit"``'s stepper with MUSCL, 512 cells) runs with
+a small noise (``--pde-noise``, default 0.03: ``(sigma^2 / 2) Lap rho``) that keeps each
 collapsed cluster a Gaussian of width about sigma (2.4 cells). Without it a cluster
-collapses into one cell, where the upwind flux pins it to the grid once the pull between
-clusters is weaker than about ``m h`` (docs/long_times.md); resolved, it moves at
-``1 - h / (sqrt(2 pi) sigma)`` times the pull (the upwind bias, 17% here; MUSCL: 2%). Its
-clusters' masses are the basin masses (:func:`meanfield.clusters.basin_masses`: every
-cell's mass to its nearest cluster).
+collapses into one cell, where the flux pins it to the grid once the pull between clusters
+is weaker than about ``m h`` (docs/long_times.md); resolved, MUSCL moves it with the pull
+(2% slow at 2.4 cells; the upwind flux 17%). Its clusters' masses are the basin masses
+(:func:`meanfield.clusters.basin_masses`: every cell's mass to its nearest cluster).
 
 Measured (default beta = 5; AMD EPYC, 2 shared cores): the particles merge 10 times, the
-last at t ~ 5.2e4, plateaus as predicted to 1e-6; the PDE (its own perturbed start) forms 4
-clusters and merges 3 times (t ~ 120, 1.0e3, 9.6e3) to one cluster in 8,662 steps and 17 s,
-its plateaus 0.8%, 0.5%, 0.3% below the point clusters' of its basin masses (the clusters'
-width lowers the energy by about beta sigma^2 = 0.45%). The later merger times are not
-converged at 512 cells: the second merger is a near tie between two pairs, and the last
-wait is exponential in the gap the earlier mergers leave; SSPRK3 + MUSCL (24 minutes) merges
-the other pair second and the last at t ~ 4.5e3, the upwind stepper on 4096 cells (142 s)
-the MUSCL pairs, the last at t ~ 2.8e3 (docs/long_times.md, `--cells`).
+last at t ~ 5.2e4, the plateaus after the formation as predicted to 3e-4; the PDE (its own
+perturbed start) forms 4 clusters and merges 3 times (t = 116.6 .. 125.9, 857.7 .. 926.1,
+4299 .. 4642) to one cluster in 9,598 steps and 19 s, its plateaus 0.6%, 0.6%, 0.4%, 0.2%
+below the point clusters' of its basin masses (the clusters' width lowers the energy by
+about beta sigma^2 = 0.45%). The mergers are those of SSPRK3 + MUSCL (388,219 steps, 24
+minutes); on 1024 and 2048 cells the last comes one output later (4642 .. 5012): the merger
+times are converged to the output spacing. (The implicit upwind stepper, 8,662 steps and
+17 s, merges another pair second and the last at t ~ 9.6e3, and converges only at first
+order: docs/long_times.md.)
 
 Writes runs/metastable_merging/: staircase.png (energy vs rescaled time with the
 predicted plateaus; the cluster tracks), clusters.csv and clusters_events.csv
@@ -96,14 +96,16 @@ def run_pde(beta: float, cells: int, eps: float, seed: int, t_end: float, noise:
             stepper: str = "implicit"):
     model = mf.AttentionModel(d=2, beta=beta, normalized=False, shift=True)
     mesh = mf.CircleMesh(cells)
-    if stepper == "implicit":
+    if stepper in ("implicit", "implicit_upwind"):
         # the long-time stepper (docs/long_times.md): steps set by the error, not by the empty
-        # cells around collapsed clusters
+        # cells around collapsed clusters; MUSCL face values frozen over each step
         from meanfield.pde.implicit import ImplicitSimulation
 
-        sim = ImplicitSimulation(mesh, model, noise=noise)
-    else:
+        sim = ImplicitSimulation(mesh, model, scheme="muscl" if stepper == "implicit" else "upwind", noise=noise)
+    elif stepper == "ssprk3":
         sim = mf.Simulation(mesh, model, scheme="muscl", noise=noise)
+    else:
+        raise ValueError(f"stepper must be 'implicit', 'implicit_upwind' or 'ssprk3', got {stepper!r}")
     rng = np.random.default_rng(seed)
     amps, phases = eps * rng.standard_normal(6), rng.uniform(0, 2 * np.pi, 6)
 
@@ -219,7 +221,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--t-end", type=float, default=2e5)
     parser.add_argument("--no-pde", dest="pde", action="store_false",
-                        help="skip the PDE (implicit upwind stepper on --cells cells)")
+                        help="skip the PDE (implicit MUSCL stepper on --cells cells)")
     parser.add_argument("--cells", type=int, default=512)
     parser.add_argument("--pde-noise", type=float, default=0.03,
                         help="noise sigma of the PDE (keeps collapsed clusters resolved; 0: none)")

@@ -41,8 +41,9 @@ FIGURES = [
      "Three clusters form by t ~ 45 and merge pairwise after waiting times exponential in beta (t ~ 250 and "
      "5.2e4); the energy against log(t)/beta climbs a staircase whose plateaus are predicted from the cluster "
      "masses alone (each merger of masses m_i, m_j adds m_i m_j / beta; docs/clusters.md). The PDE (512 cells, "
-     "noise 0.03 keeping its clusters resolved, the implicit stepper) forms four clusters from its own perturbed "
-     "start and merges three times (t ~ 120, 1.0e3, 9.6e3), its plateaus within 0.9% of the prediction."),
+     "noise 0.03 keeping its clusters resolved, the implicit stepper with MUSCL) forms four clusters from its own "
+     "perturbed start and merges three times (t ~ 120, 900, 4.5e3: the mergers of SSPRK3 + MUSCL in 1/100 of its "
+     "time), its plateaus within 0.7% of the prediction."),
     ("phase_diagram", "Phase diagram of token merging (n = 32, d = 8 and 128)",
      [sys.executable, "cases/phase_diagram.py", "--prompts", "64", "--betas", "8", "--out", "{tmp}/r"], "r/phase.png",
      "P(<x_i, x_j> >= 0.999) over (t, beta), 64 prompts per beta (the authors use 2048), with the equiangular "
