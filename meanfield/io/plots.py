@@ -64,7 +64,8 @@ def _time_axis(ax, t) -> None:
 
 
 def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
-    """Space-time picture of circle densities ``[(t, rho), ...]``."""
+    """Space-time picture of circle densities ``[(t, rho), ...]``; ``title`` (the case and
+    model) above both panels (a long one overflowed the left panel's own title)."""
     plt = _pyplot()
     t = np.array([s[0] for s in snapshots])
     rho = np.array([s[1] for s in snapshots])
@@ -97,11 +98,11 @@ def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     if zonal:
         ax.set_ylabel("polar angle φ (x_1 = cos φ)")
         ax.set_yticks([0, np.pi / 4, np.pi / 2, 3 * np.pi / 4, np.pi], ["0", "π/4", "π/2", "3π/4", "π"])
-        ax.set_title(title or f"law of the polar angle φ on S^{mesh.d - 1} (mass per unit φ)")
+        ax.set_title(f"law of the polar angle φ on S^{mesh.d - 1} (mass per unit φ)", fontsize=10)
     else:
         ax.set_ylabel("angle θ")
         ax.set_yticks([0, np.pi / 2, np.pi, 3 * np.pi / 2, 2 * np.pi], ["0", "π/2", "π", "3π/2", "2π"])
-        ax.set_title(title or "density ρ(θ, t)")
+        ax.set_title("density ρ(θ, t)", fontsize=10)
     ax2.plot(theta, rho[0], label=f"t = {t[0]:g}", color="0.5")
     ax2.plot(theta, rho[-1], label=f"t = {t[-1]:g}", color="C3")
     ax2.set_yscale("log" if rho[-1].max() > 50 * max(rho[-1].min(), 1e-300) else "linear")
@@ -112,6 +113,8 @@ def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
     else:
         ax2.set_xticks([0, np.pi, 2 * np.pi], ["0", "π", "2π"])
     ax2.legend()
+    if title:
+        fig.suptitle(title)
     return _save(plt, fig, path)
 
 
