@@ -7,13 +7,14 @@ Usage: ``python benchmarks/bench_long_times.py [--betas 4 6] [--t-end 20] [--rto
 The case ``cases/circle_usa_energy.toml`` (USA, 512 cells, five modes of amplitude 0.01) at
 ``model.beta = --betas``. Per run: accepted steps, rejected tries, wall seconds, the final
 clusters (:func:`meanfield.find_clusters`: masses and centre angles) and, for the implicit
-stepper, the last step over the forward-Euler CFL bound of its velocity. The explicit run is
+stepper (with the upwind and with the MUSCL face values), the last step over the
+forward-Euler CFL bound of its velocity. The explicit run is
 the case as written (SSPRK3, MUSCL, ``cfl = 0.4``, ``rate_cfl = 0.1``); it takes minutes to
 ``t = 20`` (``--skip-explicit`` leaves it out). The first line names the machine.
 
 ``--last-merger``: instead, the PDE of ``cases/metastable_merging.py`` (shifted USA, beta 5,
 512 cells, noise 0.03, its perturbed uniform start, outputs 30 per decade) until one
-cluster is left, with the implicit upwind stepper and with SSPRK3 + MUSCL (``cfl 0.4``,
+cluster is left, with the implicit MUSCL and upwind steppers and with SSPRK3 + MUSCL (``cfl 0.4``,
 measured 24 minutes; ``--skip-explicit`` leaves it out): steps, wall seconds and the merger
 times.
 """
