@@ -26,7 +26,7 @@ def clustered(mesh):
 
 def test_system_matrix_is_an_m_matrix_with_zero_column_sums():
     mesh = mf.CircleMesh(64)
-    sim = ImplicitSimulation(mesh, mf.AttentionModel(d=2, beta=4.0, normalized=False))
+    sim = ImplicitSimulation(mesh, mf.AttentionModel(d=2, beta=4.0, normalized=False), scheme="upwind")
     un = sim.fv.normal_velocity(clustered(mesh))
     b = sim.transport_matrix(un).toarray()
     off = b - np.diag(np.diag(b))
@@ -43,7 +43,8 @@ def test_muscl_matrix_is_an_m_matrix_and_its_flux_is_the_muscl_operator():
     operator's ``dm/dt``."""
     mesh = mf.CircleMesh(64)
     model = mf.AttentionModel(d=2, beta=4.0, normalized=False)
-    sim = ImplicitSimulation(mesh, model, scheme="muscl")
+    sim = ImplicitSimulation(mesh, model)
+    assert sim.fv.scheme == "muscl"  # the default, as for Simulation
     rho = clustered(mesh)
     un = sim.fv.normal_velocity(rho)
     ratios = sim.face_ratios(rho)
@@ -116,7 +117,7 @@ def test_muscl_is_second_order_in_space_on_smooth_data():
 def test_mass_and_positivity_far_beyond_the_cfl_bound(factor):
     """One step of ``factor`` times the forward-Euler CFL bound of the clustered state."""
     mesh = mf.CircleMesh(256)
-    sim = ImplicitSimulation(mesh, mf.AttentionModel(d=2, beta=6.0, normalized=False))
+    sim = ImplicitSimulation(mesh, mf.AttentionModel(d=2, beta=6.0, normalized=False), scheme="upwind")
     rho = clustered(mesh)
     un = sim.fv.normal_velocity(rho)
     cfl = sim.fv.cfl_dt(un)
@@ -138,7 +139,7 @@ def test_observed_order_in_dt_on_smooth_data():
     """Fixed steps on smooth positive data: the limited extrapolation is second order (theta
     stays 1), the fine implicit Euler solution first order; the estimate err is O(dt^2)."""
     mesh = mf.CircleMesh(128)
-    sim = ImplicitSimulation(mesh, mf.AttentionModel(d=2, beta=2.0))
+    sim = ImplicitSimulation(mesh, mf.AttentionModel(d=2, beta=2.0), scheme="upwind")
     th = mesh.angles
     rho0 = (1.0 + 0.5 * np.cos(th) + 0.3 * np.sin(2 * th)) / (2 * math.pi)
     T = 0.5
@@ -184,7 +185,7 @@ def test_growth_rates_about_uniform_match_theory_with_step_control(normalized, b
 
 def assert_rate(mesh, model, k, beta, normalized, amplitude):
     """The measured growth rate of mode k against sigma_k sinc(kh/2)."""
-    sim = ImplicitSimulation(mesh, model, linear_amplitude=amplitude)
+    sim = ImplicitSimulation(mesh, model, scheme="upwind", linear_amplitude=amplitude)
     sigma = float(mf.growth_rate(k, beta, 2, normalized))
     x = k * mesh.h / 2
     exact = sigma * math.sin(x) / x
@@ -207,7 +208,7 @@ def test_long_run_goal_beta6_to_t20_same_clusters_as_ssprk3():
     to t = 20 takes 287,952 steps and 631 s; its final clusters agree to 0.002 in mass)."""
     case = load_case(CASE, ["model.beta=6", "solver.t_end=20"])
     mesh = build_mesh(case)
-    sim = ImplicitSimulation(mesh, build_model(case, mesh.d))
+    sim = ImplicitSimulation(mesh, build_model(case, mesh.d), scheme="upwind")
     state = mf.State(0.0, mf.project(mesh, case["initial"]))
     start = time.perf_counter()
     sim.advance(state, 20.0)
@@ -261,7 +262,8 @@ def test_noise_joins_the_implicit_matrix_on_the_circle():
     """With noise the diffusion is in the implicit matrix: it keeps zero column sums and the
     M-matrix sign pattern, so mass to round-off and positivity hold through a run."""
     mesh = mf.CircleMesh(64)
-    sim = ImplicitSimulation(mesh, mf.AttentionModel(d=2, beta=4.0, normalized=False), noise=0.5)
+    sim = ImplicitSimulation(mesh, mf.AttentionModel(d=2, beta=4.0, normalized=False), scheme="upwind",
+                             noise=0.5)
     state = mf.State(0.0, clustered(mesh))
     sim.advance(state, 2.0)
     assert abs(state.rho @ mesh.areas - 1.0) <= 1e-13 and state.rho.min() >= 0.0

@@ -84,7 +84,7 @@ def test_pde_merger_without_noise_while_the_grid_resolves_the_pull():
     pinning threshold m h: 149 at beta 6, 9.8e4 at beta 7.)"""
     betas = np.array([4.0, 5.0])
     mesh = CircleMesh(1024)
-    times = np.array([merger_time(ImplicitSimulation(mesh, usa(b)), mesh, math.pi / 2) for b in betas])
+    times = np.array([merger_time(ImplicitSimulation(mesh, usa(b), scheme="upwind"), mesh, math.pi / 2) for b in betas])
     slope = np.polyfit(betas, np.log(betas * times), 1)[0]
     assert 0.85 < slope < 1.15, (times, slope)
 
@@ -99,13 +99,13 @@ def test_pde_merger_time_with_noise_grows_like_exp_beta_one_minus_cos_delta():
     width's -beta sigma^2 = -0.54%, -0.63%, -0.72%."""
     delta, betas = math.pi / 2, np.array([6.0, 7.0, 8.0])
     mesh = CircleMesh(512)
-    times = np.array([merger_time(ImplicitSimulation(mesh, usa(b), noise=0.03), mesh, delta, growth=1.03)
+    times = np.array([merger_time(ImplicitSimulation(mesh, usa(b), scheme="upwind", noise=0.03), mesh, delta, growth=1.03)
                       for b in betas])
     exact = np.array([merger_quadrature(b, delta) for b in betas])
     # the staircase: before the merger the energy is the point clusters' of the basin masses,
     # after it the one cluster's plateau, both lowered by the width (about beta sigma^2)
     for b, t_merge in zip(betas, times):
-        sim, model = ImplicitSimulation(mesh, usa(b), noise=0.03), usa(b)
+        sim, model = ImplicitSimulation(mesh, usa(b), scheme="upwind", noise=0.03), usa(b)
         state = State(0.0, two_clusters(mesh, delta))
         for t, expected_clusters in ((0.8 * t_merge, 2), (2.0 * t_merge, 1)):
             sim.advance(state, t)

@@ -130,8 +130,9 @@ class ImplicitSimulation(Simulation):
     mesh, model, field, backend, tolerance, noise :
         As for :class:`~meanfield.pde.solver.Simulation`.
     scheme : str
-        ``"upwind"`` (face values the cell averages) or ``"muscl"`` (the limited
-        reconstruction, its face ratios frozen over each step: module docstring).
+        ``"muscl"`` (the default, as for :class:`~meanfield.pde.solver.Simulation`: the
+        limited reconstruction, its face ratios frozen over each step; module docstring) or
+        ``"upwind"`` (face values the cell averages).
     rtol, atol : float
         Relative and absolute (density units) tolerances of the local error estimate per step
         (module docstring). ``rtol > 0``, ``atol >= 0``.
@@ -162,7 +163,7 @@ class ImplicitSimulation(Simulation):
         explicit forward-Euler CFL bound ``|C_i| / sum w |u|`` of the velocity at its start).
     """
 
-    def __init__(self, mesh, model, scheme: str = "upwind", field=None, backend: str = "auto",
+    def __init__(self, mesh, model, scheme: str = "muscl", field=None, backend: str = "auto",
                  rtol: float = 1e-3, atol: float = 1e-6, rate_cfl: float = 0.1, linear_amplitude: float = 0.5,
                  dt_max: float = math.inf, dt_first: float | None = None, safety: float = 0.9,
                  max_growth: float = 4.0, tolerance: float = 1e-10, dist=None, noise: float = 0.0,
