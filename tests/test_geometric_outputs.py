@@ -6,6 +6,8 @@ tracker's ``diagnostics.track_radius``, and the symmetric-log time axes of the p
 import math
 
 import numpy as np
+
+import meanfield as mf
 import pytest
 
 from _helpers import MEANFIELD, launch
@@ -148,8 +150,11 @@ def test_geometric_time_axes(tmp_path):
     opened = []
     real_savefig = plt.Figure.savefig
 
+    figures = []
+
     def spy(fig, *args, **kwargs):
         opened.append([ax.get_xscale() for ax in fig.axes])
+        figures.append(fig)
         return real_savefig(fig, *args, **kwargs)
 
     plt.Figure.savefig = spy
@@ -158,9 +163,16 @@ def test_geometric_time_axes(tmp_path):
         rows = [{"t": t, "energy": 1.0, "order_parameter": 0.1, "n_clusters": 1, "max_density": 1.0,
                  "min_density": 0.1, "mass": 1.0} for t in times]
         plots.plot_diagnostics(tmp_path / "diagnostics.png", rows)
+        # modes.png drew a linear t axis (the growth squeezed into the first pixels) and its
+        # dashed e^{sigma t} overflowed to inf at t = 2e4; the autoscale opened negative decades
+        plots.plot_modes(tmp_path / "modes.png", mesh, snaps, mf.AttentionModel(d=2, beta=4.0), label="case, SA")
     finally:
         plt.Figure.savefig = real_savefig
-    assert opened[0][0] == "symlog" and "symlog" in opened[1]
+    assert opened[0][0] == "symlog" and "symlog" in opened[1] and opened[2][0] == "symlog"
+    ax = figures[2].axes[0]
+    assert ax.get_xlim()[0] == 0.0 and ax.get_title().startswith("case, SA")
+    dashed = [line.get_ydata() for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert dashed and all(np.all(np.isfinite(y)) and y.max() < 1e3 * ax.get_ylim()[1] for y in dashed)
 
 
 def test_progress_share_of_a_geometric_run_is_measured_in_log_time():

@@ -61,6 +61,7 @@ def _time_axis(ax, t) -> None:
     if geometric_times(t):
         ax.set_xscale("symlog", linthresh=float(t[t > 0].min()), linscale=0.5)
         ax.set_xlabel("t (logarithmic above the first output)")
+        ax.set_xlim(left=float(t.min()))  # the autoscale margin would open negative decades
 
 
 def plot_spacetime(path, mesh, snapshots, title: str = "") -> Path:
@@ -187,7 +188,7 @@ def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=(), l
         paths.append(plot_spacetime(out_dir / "density.png", mesh, result.snapshots,
                                     title=f"{head}density to t = {t_end:g}" if label else ""))
         if model is not None:
-            got = plot_modes(out_dir / "modes.png", mesh, result.snapshots, model)
+            got = plot_modes(out_dir / "modes.png", mesh, result.snapshots, model, label=label)
             if got is not None:
                 paths.append(got)
     else:
@@ -198,11 +199,13 @@ def write_run_plots(out_dir, mesh, result, shifted: bool = False, switches=(), l
     return paths
 
 
-def plot_modes(path, mesh, snapshots, model, count: int = 4) -> Path | None:
+def plot_modes(path, mesh, snapshots, model, count: int = 4, label: str = "") -> Path | None:
     """``modes.png`` (circle runs of one isotropic head): the Fourier amplitudes
     ``|rho_k(t)|`` of the ``count`` modes largest at ``t = 0`` on a log scale, each against its
     linear theory ``|rho_k(0)| e^{sigma_k t}`` (``sigma_k`` of :func:`meanfield.growth_rate`,
-    dashed), the first check a reader makes; ``None`` when the model has no such theory."""
+    dashed, drawn while it stays on the picture), the first check a reader makes; geometric
+    output times on a log axis; ``label`` (the case and model) heads the title. ``None`` when
+    the model has no such theory."""
     from ..dynamics.model import as_velocity_model
     from ..fields.attention import AttentionModel, growth_rate
 
@@ -220,15 +223,21 @@ def plot_modes(path, mesh, snapshots, model, count: int = 4) -> Path | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     floor = amp.max() * 1e-12
+    top = amp.max()
     for i, (k, rate) in enumerate(zip(ks, rates)):
         color = f"C{i}"
         ax.semilogy(t, np.maximum(amp[:, k - 1], floor), "o-", ms=3, color=color, label=f"k = {k} (rate {rate:.3g})")
-        ax.semilogy(t, amp[0, k - 1] * np.exp(rate * t), "--", color=color, lw=1)
-    top = amp.max()
+        with np.errstate(over="ignore"):
+            theory = amp[0, k - 1] * np.exp(rate * t)
+        shown = theory <= 100 * top  # the first point past the top still drawn, then cut
+        cut = int(np.argmin(shown)) + 1 if not shown.all() else t.size
+        ax.semilogy(t[:cut], theory[:cut], "--", color=color, lw=1)
     ax.set_ylim(max(floor, amp[0, ks - 1].min() * 1e-3), top * 10)
     ax.set_xlabel("t")
+    _time_axis(ax, t)
     ax.set_ylabel("|Fourier amplitude| of the cell masses")
-    ax.set_title("modes against the linear theory (dashed: |rho_k(0)| e^{sigma_k t})", fontsize=10)
+    what = "modes against the linear theory (dashed: |rho_k(0)| e^{sigma_k t})"
+    ax.set_title(f"{label}\n{what}" if label else what, fontsize=10)
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
 
