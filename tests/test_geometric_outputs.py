@@ -6,9 +6,9 @@ tracker's ``diagnostics.track_radius``, and the symmetric-log time axes of the p
 import math
 
 import numpy as np
+import pytest
 
 import meanfield as mf
-import pytest
 
 from _helpers import MEANFIELD, launch
 from meanfield.io.case import CaseError, output_times, resolve_case
