@@ -79,7 +79,7 @@ def test_muscl_keeps_mass_and_positivity_far_beyond_the_cfl_bound(manifold):
     for r in (new, r1, r2):
         assert r.min() >= -1e-14 * r.max() and abs(r @ mesh.areas - 1.0) <= 1e-13
     state = mf.State(0.0, rho.copy())
-    sim.advance(state, 3.0)
+    sim.advance(state, 1.0 if manifold == "sphere" else 3.0)
     assert sim.last["cfl_ratio"] >= 100.0
     assert abs(state.rho @ mesh.areas - 1.0) <= 1e-13 and state.rho.min() >= 0.0
 
@@ -270,3 +270,38 @@ def test_noise_joins_the_implicit_matrix_on_the_circle():
     b = sim.transport_matrix(sim.fv.normal_velocity(state.rho)).toarray()
     assert np.abs(b.sum(axis=0)).max() <= 1e-12 * np.abs(b).max()
     assert (b - np.diag(np.diag(b))).max() <= 0
+
+
+def test_noise_on_the_sphere_is_split_after_each_transport_solve():
+    """The sphere's quadratic Laplacian is not monotone, so the diffusion follows every
+    implicit transport solve as its own positive step (Lie splitting; it was refused). Pure
+    diffusion (V = 0) of Y_2^0 on level 3: the rate 3 sigma^2 to -1.0%, -0.39%, -0.28% at rtol
+    1e-3, 1e-4, 1e-5 (the Laplacian's own error at l = 2 is -0.3%); SA beta 2 with noise 0.4
+    against the explicit Strang-split solver at t = 1: 2e-4 of the change apart."""
+    from scipy.special import sph_harm_y
+
+    from meanfield.geometry.sphere import load_icosahedral
+
+    mesh = load_icosahedral(3)
+    c = np.asarray(mesh.centers)
+    f = sph_harm_y(2, 0, np.arccos(np.clip(c[:, 2], -1, 1)), np.arctan2(c[:, 1], c[:, 0])).real
+    sigma = 0.5
+    sim = ImplicitSimulation(mesh, mf.AttentionModel(d=3, beta=1.0, V=np.zeros((3, 3))), noise=sigma, rtol=1e-5,
+                             atol=1e-9)
+    assert sim.split_noise
+    state = mf.State(0.0, (1 + 0.3 * f / np.abs(f).max()) / (4 * math.pi))
+    amps = []
+    for t in (0.5, 1.5):
+        sim.advance(state, t)
+        amps.append((state.rho - 1 / (4 * math.pi)) @ (f * mesh.areas))
+    assert -math.log(amps[1] / amps[0]) / 1.0 == pytest.approx(3 * sigma**2, rel=5e-3)
+    assert abs(state.rho @ mesh.areas - 1.0) <= 1e-13 and state.rho.min() >= 0.0
+
+    model = mf.AttentionModel(d=3, beta=2.0)
+    rho = 1 + 0.3 * c[:, 2] + 0.2 * c[:, 0] * c[:, 1]
+    rho /= rho @ mesh.areas
+    a, b = mf.State(0.0, rho.copy()), mf.State(0.0, rho.copy())
+    ImplicitSimulation(mesh, model, noise=0.4, rtol=1e-4, atol=1e-8).advance(a, 1.0)
+    mf.Simulation(mesh, model, noise=0.4).advance(b, 1.0)
+    assert np.abs(a.rho - b.rho).max() <= 1e-3 * np.abs(b.rho - rho).max()
+    assert abs(a.rho @ mesh.areas - 1.0) <= 1e-13 and a.rho.min() >= 0.0
