@@ -320,5 +320,5 @@ def test_noise_on_the_sphere_is_split_after_each_transport_solve():
     a, b = mf.State(0.0, rho.copy()), mf.State(0.0, rho.copy())
     ImplicitSimulation(mesh, model, noise=0.4, rtol=1e-4, atol=1e-8).advance(a, 1.0)
     mf.Simulation(mesh, model, noise=0.4).advance(b, 1.0)
-    assert np.abs(a.rho - b.rho).max() <= 1e-3 * np.abs(b.rho - rho).max()
+    assert np.abs(a.rho - b.rho).max() <= 5e-4 * np.abs(b.rho - rho).max()  # measured 2.1e-4
     assert abs(a.rho @ mesh.areas - 1.0) <= 1e-13 and a.rho.min() >= 0.0

@@ -275,10 +275,10 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
         run.bands = min(case["domain"]["positions"], state.n)
     run.rows = drive(run, case, out_dir, progress, source, label=label, dist=dist,
                      restart=paths[0] if paths is not None else False, overwrite=overwrite)
+    title = f"{run_label(source, system.model, system.noise)}, particles"  # of every picture and the movie
     if out_dir is not None and case["output"]["plots"] and (dist is None or dist.root):
         from ..io import plots
 
-        title = f"{run_label(source, system.model, system.noise)}, particles"
         plots.plot_diagnostics(Path(out_dir) / "diagnostics.png", run.rows, title=title,
                                shifted=case["model"]["shift"],
                                switches=[e["t"] for e in case["model"]["schedule"] if e["t"] > 0])
@@ -293,8 +293,7 @@ def run_particles(case: dict, out_dir=None, n: int | None = None, seed: int | No
     if out_dir is not None and case["output"].get("movie") and (dist is None or dist.root):
         from ..io.movie import write_movie
 
-        write_movie(Path(out_dir) / "movie.gif", mesh, run.snapshots,
-                    title=f"{run_label(source, system.model, system.noise)}, particles", particles=True)
+        write_movie(Path(out_dir) / "movie.gif", mesh, run.snapshots, title=title, particles=True)
     return run
 
 

@@ -221,11 +221,11 @@ class FiniteVolume:
         """``(L(rho), dt_pos)`` on this rank's cells for the edge normal velocities ``un``,
         without the reduction over the ranks (:meth:`rhs` adds it; the causal operator
         reduces once for all its bands)."""
-        values = self._faces(self, rho, self._stencil).reshape(-1, un.shape[1])
+        left, right = self.edge_states(rho)
         up = np.maximum(un, 0.0)
         down = np.minimum(un, 0.0)
-        wl = _row_sums(self._weights * up * values[self._left_slot])  # left -> right
-        wr = _row_sums(self._weights * down * values[self._right_slot])  # right -> left (<= 0)
+        wl = _row_sums(self._weights * up * left)  # left -> right
+        wr = _row_sums(self._weights * down * right)  # right -> left (<= 0)
         flux = wl + wr
         n = self.n_owned
         # (an extra bin n collects the sides that belong to other ranks)
@@ -241,9 +241,8 @@ class FiniteVolume:
         """``(left, right)``, each ``(E, q)``: the face values of the left and the right cell
         of every (local) edge at its quadrature points, reconstructed by ``scheme`` (default:
         this operator's); the states :meth:`local_rhs` takes upwind."""
-        faces = SCHEMES[scheme or self.scheme]
-        q = self._weights.shape[1]
-        values = faces(self, rho, self._stencil).reshape(-1, q)
+        faces = self._faces if scheme is None else SCHEMES[scheme]
+        values = faces(self, rho, self._stencil).reshape(-1, self._weights.shape[1])
         return values[self._left_slot], values[self._right_slot]
 
     def cfl_dt(self, un: np.ndarray) -> float:

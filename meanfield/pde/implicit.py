@@ -196,7 +196,6 @@ class ImplicitSimulation(Simulation):
             raise ValueError(f"dt_first must be a finite number > 0, got {dt_first!r}")
         super().__init__(mesh, model, scheme=scheme, field=field, backend=backend, rate_cfl=rate_cfl,
                          dt_max=dt_max, tolerance=tolerance, noise=noise)
-        self._left_cells, self._right_cells = mesh.edge_cells[:, 0], mesh.edge_cells[:, 1]
         self.rtol, self.atol = float(rtol), float(atol)
         self.linear_amplitude = float(linear_amplitude)
         self.safety, self.max_growth = float(safety), float(max_growth)
@@ -213,7 +212,7 @@ class ImplicitSimulation(Simulation):
                 a = sp.diags(mesh.areas)
                 # dm/dt = |C| L |C|^{-1} m: subtracted from B (column sums zero: L conserves mass)
                 self._noise_matrix = sp.csc_matrix(a @ lap @ sp.diags(1.0 / mesh.areas))
-        left, right = mesh.edge_cells[:, 0], mesh.edge_cells[:, 1]
+        self._left_cells, self._right_cells = left, right = mesh.edge_cells[:, 0], mesh.edge_cells[:, 1]
         n = mesh.n_cells
         self._inv_left = 1.0 / mesh.areas[left]
         self._inv_right = 1.0 / mesh.areas[right]
@@ -270,7 +269,11 @@ class ImplicitSimulation(Simulation):
         of the edge normal velocities ``un (E, q)``, in the cell masses, the face values
         ``ratios`` (:meth:`face_ratios`) times the cell averages; column sums of ``B`` zero,
         off-diagonal entries <= 0. With noise, ``B`` includes ``-|C| L |C|^{-1}``."""
-        out_l, out_r = self._edge_rates(un, ratios)
+        return self._assemble(self._edge_rates(un, ratios), h)
+
+    def _assemble(self, rates: tuple[np.ndarray, np.ndarray], h: float) -> sp.csc_matrix:
+        """:meth:`system_matrix` from the edge rates of :meth:`_edge_rates`."""
+        out_l, out_r = rates
         parts = [np.ones(self._n_identity), h * out_l, -h * out_l, h * out_r, -h * out_r]
         if self._noise_matrix is not None:
             parts.append(-h * self._noise_values)
@@ -282,11 +285,12 @@ class ImplicitSimulation(Simulation):
         """``B(u)`` alone: ``(system_matrix(un, 1) - I)`` (for inspection and tests)."""
         return sp.csc_matrix(self.system_matrix(un, 1.0, ratios) - sp.identity(self._n_identity, format="csc"))
 
-    def _solve(self, un: np.ndarray, h: float, m: np.ndarray, ratios=None) -> np.ndarray:
-        """``(I + h B(u))^{-1} m`` by a sparse LU factorization; with :attr:`split_noise`
-        followed by the implicit diffusion step of size ``h`` (positive, conservative:
+    def _solve(self, rates, h: float, m: np.ndarray) -> np.ndarray:
+        """``(I + h B)^{-1} m`` (``B`` from the edge ``rates`` of :meth:`_edge_rates`) by a
+        sparse LU factorization; with :attr:`split_noise` followed by the implicit diffusion
+        step of size ``h`` (positive, conservative:
         :meth:`~meanfield.pde.diffusion.Diffusion.implicit_step`)."""
-        out = spla.splu(self.system_matrix(un, h, ratios), permc_spec=self._permc).solve(m)
+        out = spla.splu(self._assemble(rates, h), permc_spec=self._permc).solve(m)
         if self.split_noise:
             areas = self.mesh.areas
             # (round-off negatives of an emptied cell would switch the diffusion's limiter off)
@@ -306,11 +310,12 @@ class ImplicitSimulation(Simulation):
         if un is None:
             un = self._velocity(rho, t)
         m0 = rho * areas
-        g0 = self.face_ratios(rho)
-        y1 = self._solve(un, dt, m0, g0)
-        yh = self._solve(un, 0.5 * dt, m0, g0)
+        rates = self._edge_rates(un, self.face_ratios(rho))  # frozen over the coarse and first fine step
+        y1 = self._solve(rates, dt, m0)
+        yh = self._solve(rates, 0.5 * dt, m0)
         yh_rho = np.maximum(yh, 0.0) / areas  # (round-off negatives of an emptied cell)
-        y2 = self._solve(self._velocity(yh_rho, t + 0.5 * dt), 0.5 * dt, yh, self.face_ratios(yh_rho))
+        mid = self._edge_rates(self._velocity(yh_rho, t + 0.5 * dt), self.face_ratios(yh_rho))
+        y2 = self._solve(mid, 0.5 * dt, yh)
         d = y2 - y1
         neg = d < 0
         with np.errstate(divide="ignore", invalid="ignore"):
